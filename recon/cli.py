@@ -131,7 +131,13 @@ def reconstruct(
         overrides.append(f"train.time_budget={parse_duration(time_budget)}")
     overrides += list(set_)
     cfg = load_config(config, overrides)
-    run_reconstruct(scene, out, cfg, stop_after=stop_after, resume=resume)
+    from recon.train.trainer import TrainingInterrupted
+
+    try:
+        run_reconstruct(scene, out, cfg, stop_after=stop_after, resume=resume, console=console)
+    except TrainingInterrupted as e:
+        console.print(f"[bold yellow]interrupted:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
 
 
 def _register_verbs() -> None:
