@@ -93,8 +93,8 @@ def info(
 def make_sample(
     out: Path = typer.Argument(Path("data/sample"), help="Folder to write the sample scene into."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
-    n_views: int = typer.Option(24, help="Number of cameras on the sphere."),
-    size: int = typer.Option(128, help="Image size in pixels."),
+    n_views: int = typer.Option(32, help="Number of cameras on the sphere."),
+    size: int = typer.Option(200, help="Image size in pixels."),
 ):
     """Render the procedural sample scene (RGBA images, transforms.json, split.json, mesh)."""
     from recon.sample.generate import make_sample as _make
