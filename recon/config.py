@@ -16,6 +16,7 @@ import yaml
 from recon.data.config import DataConfig
 from recon.decoder.config import DecoderConfig
 from recon.errors import ReconError
+from recon.export.config import ExportConfig
 from recon.init.config import InitConfig
 from recon.prior.config import PriorConfig
 from recon.train.config import TrainConfig
@@ -33,6 +34,7 @@ class ReconConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def to_dict(cfg) -> dict:

@@ -165,7 +165,7 @@ def run_reconstruct(scene_path: Path, out: Path, cfg: ReconConfig, stop_after: s
 
         sh_degree = trainer.cfg.sh_degree
         metrics = evaluate(g, scene, test_idx, sh_degree, out, bg_eval, device) if test_idx else {"psnr": None, "ssim": None}
-        ply = export_outputs(g, scene, out)
+        ply = export_outputs(g, scene, out, cfg.export, log)
         metrics.update({
             "n_train_views": len(train_idx), "n_test_views": len(test_idx),
             "train_views": [scene.names[i] for i in train_idx], "test_views": [scene.names[i] for i in test_idx],
@@ -182,13 +182,37 @@ def run_reconstruct(scene_path: Path, out: Path, cfg: ReconConfig, stop_after: s
         log.close()
 
 
-def export_outputs(g, scene, out: Path) -> Path:
-    """point_cloud.ply (standard 3DGS layout) in the input world frame."""
+def export_outputs(g, scene, out: Path, cfg, log) -> Path:
+    """point_cloud.ply (standard 3DGS layout) and the other exports, all in the input world frame."""
     from recon.export.ply import transform_gaussians, write_ply
 
     world = transform_gaussians(g, scene.normalization)
     path = out / "point_cloud.ply"
     write_ply(path, world)
+    written = [path.name]
+    if cfg.splat:
+        from recon.export.splat import write_splat
+
+        write_splat(out / "point_cloud.splat", world)
+        written.append("point_cloud.splat")
+    if cfg.mesh or cfg.video:
+        cams = scene.cameras.to(torch.float64)
+        cams.camtoworlds = scene.normalization.camtoworlds_to_world(cams.camtoworlds)
+    if cfg.mesh:
+        from recon.export.mesh import extract_mesh
+
+        try:
+            extract_mesh(world, out / "mesh.ply", cams.to(torch.float32), n_views=cfg.mesh_views,
+                         resolution=cfg.mesh_resolution)
+            written.append("mesh.ply")
+        except ReconError as e:  # a reconstruction too sparse to mesh still has its Gaussians
+            log(f"mesh skipped: {e}")
+    if cfg.video:
+        from recon.export.video import render_turntable
+
+        render_turntable(world, [out / "turntable.mp4"], cams.to(torch.float32))
+        written.append("turntable.mp4")
+    log(f"export: {', '.join(written)}")
     return path
 
 

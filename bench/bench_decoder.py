@@ -1,0 +1,121 @@
+"""Decoder cost per training iteration: forward + backward of GaussianDecoder on ~20k voxels, and,
+when recon.render.rasterize is available, the ratio to rasterising the same Gaussians (forward +
+backward, one 400x400 view). The target is that the decoder adds at most 30 % to an iteration.
+
+    nice python bench/bench_decoder.py [--voxels 20000] [--threads 1 2] [--reps 5] [--sh-degree 3]
+
+Prints one line per thread count. On a shared, oversubscribed machine two-thread timings of many small
+ops are dominated by waiting for the second thread; the load average is printed alongside.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import torch
+
+from recon.decoder.config import DecoderConfig
+from recon.decoder.decoder import GaussianDecoder
+from recon.init.voxels import SparseVoxels
+
+
+def shell_voxels(target: int, level: int = 128) -> SparseVoxels:
+    """A one-voxel-thick spherical shell (a surface, as carving gives) with about `target` voxels."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(level)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    r = ((grid.float() - (level - 1) / 2) ** 2).sum(-1).sqrt()
+    r_in = math.sqrt(target / (4 * math.pi * 1.0))  # area * thickness(1 cell) ~ target
+    r_in = min(r_in, level / 2 - 3)
+    coords = grid[(r > r_in) & (r < r_in + 1.0)].to(torch.int32)
+    g = torch.Generator().manual_seed(0)
+    m = coords.shape[0]
+    feats = torch.cat([torch.rand(m, 3, generator=g), torch.rand(m, 1, generator=g) * 0.2,
+                       torch.randint(1, 9, (m, 1), generator=g).float()], 1)
+    return SparseVoxels(coords, feats, 2.0 / level, torch.tensor([-1.0, -1.0, -1.0]), level)
+
+
+def _time(fn, reps: int) -> tuple[float, float]:
+    """Median wall and process-CPU milliseconds per call. On a shared machine the CPU time is the
+    steadier figure (with one thread it is the work done, whatever else runs)."""
+    fn()  # warm-up (first spconv call, kernel builds)
+    wall, cpu = [], []
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+
+
+def _camera(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pinhole camera looking at the origin along +z (OpenCV axes: x right, y down, z forward)."""
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 1.5  # world origin 1.5 units in front: the ~0.6-radius test object fills most of the frame
+    f = 0.9 * width
+    K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    return viewmat[None], K[None]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--voxels", type=int, default=20000)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--sh-degree", type=int, default=3)
+    ap.add_argument("--size", type=int, default=400)
+    ap.add_argument("--channels", type=int, nargs="+", default=None, help="override decoder.channels")
+    ap.add_argument("--fine-convs", action="store_true", help="decoder.fine_convs=true")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    voxels = shell_voxels(args.voxels)
+    cfg = DecoderConfig(fine_convs=args.fine_convs)
+    if args.channels:
+        cfg.channels = args.channels
+    decoder = GaussianDecoder(cfg, voxels, sh_degree=args.sh_degree)
+    n_gauss = len(voxels) * cfg.gaussians_per_voxel
+
+    # the gradients the rasterizer's backward would hand to the decoded Gaussians
+    grads = [torch.randn_like(t) * 1e-3 for t in decoder(voxels).tensors()]
+
+    def decoder_step():
+        torch.autograd.backward(list(decoder(voxels).tensors()), grads)
+
+    try:
+        from recon.render.rasterize import rasterize
+    except ImportError:
+        rasterize = None
+    with torch.no_grad():
+        leaves = [t.detach().clone() for t in decoder(voxels).tensors()]
+    viewmats, Ks = _camera(args.size, args.size)
+
+    def raster_step():
+        means, quats, log_scales, opacity_logits, sh = (t.clone().requires_grad_(True) for t in leaves)
+        colors, alphas, _meta = rasterize(means, quats, torch.exp(log_scales), torch.sigmoid(opacity_logits), sh,
+                                          viewmats, Ks, args.size, args.size, sh_degree=args.sh_degree)
+        (colors.square().mean() + alphas.mean()).backward()
+
+    load = os.getloadavg()[0]
+    print(f"{len(voxels)} voxels x K={cfg.gaussians_per_voxel} = {n_gauss} Gaussians, SH degree "
+          f"{args.sh_degree}, U-Net {cfg.channels} fine_convs={cfg.fine_convs}; {os.cpu_count()} CPUs, load average {load:.1f}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        dec_ms, dec_cpu = _time(decoder_step, args.reps)
+        line = f"threads={threads}: decoder forward+backward {dec_ms:.0f} ms (cpu {dec_cpu:.0f} ms)"
+        if rasterize is not None:
+            try:
+                ras_ms, ras_cpu = _time(raster_step, args.reps)
+            except Exception as e:  # the rasterizer is another engineer's work in progress
+                line += f"; rasterize failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+            else:
+                line += (f"; rasterize {args.size}x{args.size} forward+backward {ras_ms:.0f} ms (cpu {ras_cpu:.0f} ms); "
+                         f"decoder/rasterize = {dec_ms / ras_ms:.2f}, cpu {dec_cpu / ras_cpu:.2f} (target <= 0.30)")
+        else:
+            line += "; recon.render.rasterize not available"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

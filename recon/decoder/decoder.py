@@ -1,0 +1,233 @@
+"""GaussianDecoder: K Gaussians per active voxel, decoded by a sparse 3D U-Net.
+
+Input per voxel: a learnable latent (one row per voxel, `decoder.latents`) concatenated with the
+voxel's photo-consistency features (colour, colour spread, number of views, ...). Output: Gaussians
+in voxel-major order (Gaussian v*K + k belongs to voxel v), differentiable in the network weights
+and the latents, so an image loss rendered from them trains the decoder end to end.
+
+Every output is bounded around a seeded Gaussian, and the network starts close to it:
+  means          = voxel centre + voxel_size * offset_scale * tanh(raw + b_k)   (b_k spreads the K)
+  log_scales     = log(voxel_size) + log lo + (log hi - log lo) * sigmoid(raw + b)   ([lo, hi] = scale_range)
+  quats          = raw + (1, 0, 0, 0)
+  opacity_logits = raw + logit(init_opacity)
+  sh DC          = SH of the voxel colour + raw / SH_C0 (raw in colour units), one per Gaussian
+  sh degree >= 1 = raw, one set per voxel shared by its K Gaussians
+The head's weights start tiny, so the first decoded Gaussians are the seeded ones: voxel colour,
+scale init_scale voxel sizes, opacity init_opacity, centres on a fixed pattern inside the voxel.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from recon.decoder.config import DecoderConfig
+from recon.decoder.unet import SparseUNet
+from recon.errors import ReconError
+from recon.gaussians import SH_C0, Gaussians, num_sh_bases, rgb_to_sh0
+from recon.init.voxels import SparseVoxels
+
+COLOR_FEATURES = ("r", "g", "b")
+_HEAD_INIT_STD = 1e-4  # small enough that the initial Gaussians match the seeded ones to ~1e-4
+_PATTERN_EXTENT = 0.3  # the K initial centres lie within +-0.3 voxel of the centre
+
+
+def _halton(index: int, base: int) -> float:
+    f, r = 1.0, 0.0
+    while index > 0:
+        f /= base
+        r += f * (index % base)
+        index //= base
+    return r
+
+
+def initial_offsets(k: int) -> torch.Tensor:
+    """(k, 3) fixed, well-spread positions in voxel units in [-0.3, 0.3]^3 (the centre when k == 1):
+    distinct starting points, so the K Gaussians of a voxel do not receive identical gradients."""
+    if k == 1:
+        return torch.zeros(1, 3)
+    pts = torch.tensor([[_halton(i + 1, b) for b in (2, 3, 5)] for i in range(k)])
+    return (pts * 2.0 - 1.0) * _PATTERN_EXTENT
+
+
+def check_config(cfg: DecoderConfig) -> None:
+    """Raise ReconError naming the decoder setting that cannot work."""
+    def bad(key, value, why):
+        raise ReconError(f"decoder.{key}={value!r} {why}", fix=f"set decoder.{key} in the config or with an override")
+
+    if cfg.gaussians_per_voxel < 1:
+        bad("gaussians_per_voxel", cfg.gaussians_per_voxel, "must be at least 1")
+    if not cfg.channels or any(c < 1 for c in cfg.channels):
+        bad("channels", cfg.channels, "must be a non-empty list of positive widths")
+    if len(cfg.channels) > 4:
+        bad("channels", cfg.channels, "has more than 4 levels")
+    if cfg.latent_dim < 0:
+        bad("latent_dim", cfg.latent_dim, "must be 0 or more")
+    if cfg.offset_scale <= 0:
+        bad("offset_scale", cfg.offset_scale, "must be positive")
+    if len(cfg.scale_range) != 2 or not 0 < cfg.scale_range[0] < cfg.scale_range[1]:
+        bad("scale_range", cfg.scale_range, "must be [low, high] with 0 < low < high")
+    if not cfg.scale_range[0] < cfg.init_scale < cfg.scale_range[1]:
+        bad("init_scale", cfg.init_scale, f"must lie inside scale_range {cfg.scale_range}")
+    if not 0 < cfg.init_opacity < 1:
+        bad("init_opacity", cfg.init_opacity, "must be between 0 and 1")
+    if cfg.lr <= 0 or cfg.latent_lr <= 0:
+        bad("lr" if cfg.lr <= 0 else "latent_lr", cfg.lr if cfg.lr <= 0 else cfg.latent_lr, "must be positive")
+    if cfg.manage_every < 0:
+        bad("manage_every", cfg.manage_every, "must be 0 (never) or more")
+    if not 0 <= cfg.prune_opacity < 1:
+        bad("prune_opacity", cfg.prune_opacity, "must be in [0, 1)")
+    if cfg.grow_grad < 0:
+        bad("grow_grad", cfg.grow_grad, "must be 0 or more")
+    if cfg.max_voxels < 1:
+        bad("max_voxels", cfg.max_voxels, "must be at least 1")
+    if cfg.bake_fraction is not None and not 0 <= cfg.bake_fraction <= 1:
+        bad("bake_fraction", cfg.bake_fraction, "must be null or a fraction in [0, 1]")
+
+
+def check_voxels(voxels: SparseVoxels) -> None:
+    if len(voxels) == 0:
+        raise ReconError("no occupied voxels to decode Gaussians from",
+                         fix="check the masks and cameras (carving removed everything) or lower init.mask_tolerance")
+    missing = [c for c in COLOR_FEATURES if c not in voxels.feature_names]
+    if missing:
+        raise ReconError(f"voxel features lack {', '.join(missing)} (have {', '.join(voxels.feature_names)})",
+                         fix="build the voxels with recon.init so they carry colour features")
+    if voxels.coords.dim() != 2 or voxels.coords.shape[1] != 3:
+        raise ValueError(f"voxel coords must be (M, 3), got {tuple(voxels.coords.shape)}")
+    if voxels.features.shape[0] != len(voxels):
+        raise ValueError(f"{voxels.features.shape[0]} feature rows for {len(voxels)} voxels")
+
+
+class GaussianDecoder(nn.Module):
+    """Sparse U-Net decoder: SparseVoxels -> Gaussians (K per voxel, voxel-major).
+
+    `cfg` sets K, widths and bounds; `voxels` fixes the feature columns, their normalisation and the
+    number of latent rows (call `reindex` after pruning/growing); `sh_degree` the SH degree decoded."""
+
+    def __init__(self, cfg: DecoderConfig, voxels: SparseVoxels, sh_degree: int = 0):
+        super().__init__()
+        check_config(cfg)
+        check_voxels(voxels)
+        if not 0 <= sh_degree <= 3:
+            raise ReconError(f"sh_degree={sh_degree} is not supported", fix="use an SH degree from 0 to 3")
+        self.cfg = cfg
+        self.k = cfg.gaussians_per_voxel
+        self.sh_degree = sh_degree
+        self.feature_names = list(voxels.feature_names)
+        self.num_bases = num_sh_bases(sh_degree)
+        # per Gaussian: offset 3, log-scale 3, quat 4, opacity 1, SH DC 3; per voxel (shared by its K
+        # Gaussians: view dependence varies smoothly within a voxel, and it halves the head for degree 3)
+        self.params_per_gaussian = 3 + 3 + 4 + 1 + 3
+        self.params_per_voxel = 3 * (self.num_bases - 1)
+
+        scale, shift = self._feature_normalisation(voxels)
+        self.register_buffer("feature_scale", scale)
+        self.register_buffer("feature_shift", shift)
+        self.latents = nn.Parameter(torch.randn(len(voxels), cfg.latent_dim) * cfg.latent_init_std)
+        in_channels = cfg.latent_dim + len(self.feature_names)
+        self.unet = SparseUNet(in_channels, cfg.channels, fine_convs=cfg.fine_convs)
+        # the head also sees the voxel's own input, so per-voxel corrections need not pass the U-Net
+        self.head = nn.Linear(cfg.channels[0] + in_channels, self.k * self.params_per_gaussian + self.params_per_voxel)
+        nn.init.normal_(self.head.weight, std=_HEAD_INIT_STD)
+        nn.init.zeros_(self.head.bias)
+
+        # fixed biases that put the raw-zero output on the seeded Gaussians
+        pattern = initial_offsets(self.k) * min(1.0, cfg.offset_scale)
+        self.register_buffer("offset_bias", torch.atanh(pattern / cfg.offset_scale))
+        lo, hi = cfg.scale_range
+        self.log_scale_lo, self.log_scale_hi = math.log(lo), math.log(hi)
+        frac = (math.log(cfg.init_scale) - self.log_scale_lo) / (self.log_scale_hi - self.log_scale_lo)
+        self.scale_bias = math.log(frac / (1.0 - frac))
+        self.opacity_bias = math.log(cfg.init_opacity / (1.0 - cfg.init_opacity))
+
+    def _feature_normalisation(self, voxels: SparseVoxels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colours [0,1] -> [-1,1]; every other column divided by its largest magnitude now (fixed
+        afterwards, so voxels grown later are normalised the same way)."""
+        feats = voxels.features.detach().to(torch.float32).cpu()
+        scale = torch.ones(feats.shape[1])
+        shift = torch.zeros(feats.shape[1])
+        for i, name in enumerate(self.feature_names):
+            if name in COLOR_FEATURES:
+                scale[i], shift[i] = 2.0, -1.0
+            else:
+                peak = feats[:, i].abs().max().item()
+                scale[i] = 1.0 / peak if peak > 1e-8 else 1.0
+        return scale, shift
+
+    @property
+    def num_voxels(self) -> int:
+        return self.latents.shape[0]
+
+    def gaussian_voxel_index(self) -> torch.Tensor:
+        """(num_voxels * K,) voxel index of every decoded Gaussian."""
+        return torch.arange(self.num_voxels, device=self.latents.device).repeat_interleave(self.k)
+
+    def forward(self, voxels: SparseVoxels) -> Gaussians:
+        check_voxels(voxels)
+        if len(voxels) != self.num_voxels:
+            raise ValueError(f"decoder holds {self.num_voxels} latents but got {len(voxels)} voxels; "
+                             "call reindex() after changing the voxels")
+        if list(voxels.feature_names) != self.feature_names:
+            raise ValueError(f"voxel features {voxels.feature_names} differ from {self.feature_names}")
+        device = self.latents.device
+        feats = voxels.features.to(device=device, dtype=torch.float32)
+        x = torch.cat([self.latents, feats * self.feature_scale + self.feature_shift], dim=1)
+        h = self.unet(voxels.coords.to(device), x, voxels.level)
+        m = len(voxels)
+        raw = self.head(torch.cat([h, x], dim=1))
+        per_gaussian = raw[:, : self.k * self.params_per_gaussian].view(m, self.k, self.params_per_gaussian)
+        off, log_s, quat, opa, sh_dc = per_gaussian.split([3, 3, 4, 1, 3], dim=-1)
+
+        vs = float(voxels.voxel_size)
+        centers = voxels.centers().to(device)
+        means = centers[:, None, :] + (vs * self.cfg.offset_scale) * torch.tanh(off + self.offset_bias)
+        s = torch.sigmoid(log_s + self.scale_bias)
+        log_scales = math.log(vs) + self.log_scale_lo + (self.log_scale_hi - self.log_scale_lo) * s
+        quats = quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0])
+        opacity_logits = opa.squeeze(-1) + self.opacity_bias
+        # the DC output is a colour offset (raw / SH_C0): unit output = unit colour change
+        dc = rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32))
+        sh = (sh_dc / SH_C0 + dc[:, None, :])[:, :, None, :]
+        if self.num_bases > 1:
+            rest = raw[:, self.k * self.params_per_gaussian:].view(m, 1, self.num_bases - 1, 3)
+            sh = torch.cat([sh, rest.expand(m, self.k, -1, -1)], dim=2)
+
+        n = len(voxels) * self.k
+        return Gaussians(means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3),
+                         opacity_logits.reshape(n), sh.reshape(n, self.num_bases, 3))
+
+    def param_groups(self) -> list[dict]:
+        """Adam parameter groups: the network at cfg.lr, the latents at cfg.latent_lr."""
+        network = [p for name, p in self.named_parameters() if name != "latents"]
+        return [{"params": network, "lr": self.cfg.lr, "name": "decoder"},
+                {"params": [self.latents], "lr": self.cfg.latent_lr, "name": "decoder_latents"}]
+
+    @torch.no_grad()
+    def reindex(self, source: torch.Tensor, fresh: torch.Tensor | None = None,
+                optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Follow a change of the voxel set: new voxel i takes the latent of old voxel source[i].
+
+        fresh (bool, per new voxel) marks grown voxels: they copy their parent's latent but start with
+        empty optimizer moments. With `optimizer`, its latent parameter and per-row state are
+        carried over (state tensors shaped like the latents are indexed the same way)."""
+        source = source.to(device=self.latents.device, dtype=torch.long)
+        if source.dim() != 1 or (source.numel() and (source.min() < 0 or source.max() >= self.num_voxels)):
+            raise ValueError("source must be a 1-D index into the current voxels")
+        old = self.latents
+        new = nn.Parameter(old.detach()[source].clone())
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["params"] = [new if p is old else p for p in group["params"]]
+            state = optimizer.state.pop(old, None)
+            if state:
+                moved = {}
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == old.shape:
+                        value = value[source].clone()
+                        if fresh is not None:
+                            value[fresh.to(value.device)] = 0
+                    moved[key] = value
+                optimizer.state[new] = moved
+        self.latents = new
