@@ -119,6 +119,9 @@ def reconstruct(
     stop_after: Optional[str] = typer.Option(None, help="Stop after a stage: load | init."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints."),
     set_: List[str] = typer.Option([], "--set", help="Override any config field: section.key=value."),
+    viewer: bool = typer.Option(False, "--viewer", help="Watch training live in the browser (stays open after; Ctrl-C quits)."),
+    viewer_port: int = typer.Option(8080, help="Port of the --viewer page."),
+    viewer_host: str = typer.Option("127.0.0.1", help="Address the --viewer page binds."),
 ):
     """Reconstruct Gaussians from a few photos: load -> init -> train -> evaluate -> export."""
     from recon.config import load_config
@@ -133,11 +136,21 @@ def reconstruct(
     cfg = load_config(config, overrides)
     from recon.train.trainer import TrainingInterrupted
 
+    live = None
+    if viewer:
+        from recon.viewer.live import LiveViewer
+
+        live = LiveViewer(host=viewer_host, port=viewer_port, total_steps=cfg.train.iterations)
     try:
-        run_reconstruct(scene, out, cfg, stop_after=stop_after, resume=resume, console=console)
+        run_reconstruct(scene, out, cfg, stop_after=stop_after, resume=resume, console=console, viewer=live)
+        if live is not None:
+            live.hold()
     except TrainingInterrupted as e:
         console.print(f"[bold yellow]interrupted:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+    finally:
+        if live is not None:
+            live.close()
 
 
 def _register_verbs() -> None:

@@ -1,0 +1,1 @@
+"""Browser viewer (viser): `recon view` (server.serve) and the live training view (live.LiveViewer)."""

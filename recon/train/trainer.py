@@ -51,6 +51,15 @@ class Trainer:
                  out_dir: Path | None = None, device: str | torch.device = "cpu", seed: int = 0,
                  background: str = "white", log: Callable[[str], None] = print, viewer=None,
                  extra_loss: Callable | None = None):
+        self._setup_views(scene, train_idx, cfg, out_dir, device, seed, background, log, viewer, extra_loss)
+        self.params = self._make_params(init.with_sh_degree(cfg.sh_degree))
+        self.optimizers = self._make_optimizers()
+        self.strategy, self.strategy_state = self._make_strategy()
+        self.state = TrainState()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _setup_views(self, scene, train_idx, cfg, out_dir, device, seed, background, log, viewer, extra_loss):
+        """Settings, RNGs and the training views on the device (shared with StructuredTrainer)."""
         self.scene, self.cfg, self.device = scene, cfg, torch.device(device)
         self.train_idx = list(train_idx)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -69,12 +78,6 @@ class Trainer:
         if scene.masks is not None:
             self.masks = torch.stack([scene.mask_float(i) for i in self.train_idx])[..., None].to(self.device)
 
-        self.params = self._make_params(init.with_sh_degree(cfg.sh_degree))
-        self.optimizers = self._make_optimizers()
-        self.strategy, self.strategy_state = self._make_strategy()
-        self.state = TrainState()
-
-    # -- setup -------------------------------------------------------------------------------
     def _make_params(self, g: Gaussians) -> torch.nn.ParameterDict:
         d = {
             "means": g.means, "quats": g.quats, "scales": g.log_scales, "opacities": g.opacity_logits,
@@ -90,24 +93,28 @@ class Trainer:
         return {k: torch.optim.Adam([{"params": self.params[k], "lr": lr, "name": k}], eps=1e-15)
                 for k, lr in lrs.items()}
 
-    def _make_strategy(self):
+    def _make_strategy(self, start: int = 0, span: int | None = None):
+        """The densification strategy, its schedule (refine_start/stop fractions) laid over `span` steps
+        (default: the whole run) that begin at step `start` of the run."""
         from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
         c = self.cfg
+        self.strategy_start = start
         if c.strategy == "none":
             return None, None
+        at = lambda fraction: self._at(fraction, span)
         if c.strategy == "mcmc":
-            s = MCMCStrategy(cap_max=c.cap_max, refine_start_iter=self._at(c.refine_start),
-                             refine_stop_iter=self._at(c.refine_stop), refine_every=c.refine_every)
+            s = MCMCStrategy(cap_max=c.cap_max, refine_start_iter=at(c.refine_start),
+                             refine_stop_iter=at(c.refine_stop), refine_every=c.refine_every)
         else:
-            s = DefaultStrategy(refine_start_iter=self._at(c.refine_start), refine_stop_iter=self._at(c.refine_stop),
+            s = DefaultStrategy(refine_start_iter=at(c.refine_start), refine_stop_iter=at(c.refine_stop),
                                 refine_every=c.refine_every, grow_grad2d=c.grow_grad2d, prune_opa=c.prune_opa,
                                 reset_every=10**9)
         s.check_sanity(self.params, self.optimizers)
         return s, s.initialize_state(scene_scale=1.0)
 
-    def _at(self, fraction: float) -> int:
-        return int(round(fraction * self.cfg.iterations))
+    def _at(self, fraction: float, span: int | None = None) -> int:
+        return int(round(fraction * (self.cfg.iterations if span is None else span)))
 
     # -- helpers ------------------------------------------------------------------------------
     def gaussians(self) -> Gaussians:
@@ -168,6 +175,16 @@ class Trainer:
         from gsplat.strategy.ops import remove
 
         means = self.params["means"]
+        outside = self.outside_masks(means)
+        n = int(outside.sum())
+        if 0 < n < means.shape[0]:
+            state = self.strategy_state if self.strategy_state is not None else {}
+            remove(self.params, self.optimizers, state, outside)
+        return n
+
+    @torch.no_grad()
+    def outside_masks(self, means: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the centre projects onto background (mask = 0) in a training view that sees it."""
         cams = self.scene.cameras[self.train_idx]
         uv, z = cams.to(self.device).project(means.double())
         u = uv[..., 0].floor().long()
@@ -178,45 +195,53 @@ class Trainer:
         m = torch.nn.functional.max_pool2d(m[:, None], 5, stride=1, padding=2)[:, 0]
         vi = torch.arange(m.shape[0], device=self.device)[:, None].expand_as(u)
         val = m[vi, v.clamp(0, self.H - 1), u.clamp(0, self.W - 1)]
-        outside = (inside & (val < 0.5)).any(0)
-        n = int(outside.sum())
-        if 0 < n < means.shape[0]:
-            state = self.strategy_state if self.strategy_state is not None else {}
-            remove(self.params, self.optimizers, state, outside)
-        return n
+        return (inside & (val < 0.5)).any(0)
 
     # -- the loop ----------------------------------------------------------------------------
-    def step(self) -> dict:
-        c, s = self.cfg, self.state
-        step = s.step
+    def _next_view(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The training view of this step (each view once per epoch, shuffled), its background and target."""
+        c, step = self.cfg, self.state.step
         n_views = len(self.train_idx)
         if step % n_views == 0 or not hasattr(self, "_order"):
             self._order = torch.randperm(n_views, generator=self.generator).tolist()
         vi = self._order[step % n_views]
-        has_mask = self.masks is not None
-        bg = _background(c.background if has_mask else self.fixed_background, self.device)
+        bg = _background(c.background if self.masks is not None else self.fixed_background, self.device)
         target = self.images[vi:vi + 1]
-        if has_mask:
+        if self.masks is not None:
             a = self.masks[vi:vi + 1]
             target = target * a + bg * (1 - a)
+        return vi, bg, target
+
+    def loss(self, g: Gaussians, colors: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, vi: int,
+             step: int) -> torch.Tensor:
+        """Photometric loss plus the mask, opacity, scale and extra terms for the Gaussians `g` rendered
+        into training view `vi` (shared with StructuredTrainer, where `g` is the decoder's output)."""
+        c = self.cfg
+        loss = photometric_loss(colors, target, c.ssim_weight)
+        if self.masks is not None and c.mask_weight > 0:
+            loss = loss + c.mask_weight * (alphas - self.masks[vi:vi + 1]).abs().mean()
+        if c.opacity_reg > 0:
+            loss = loss + c.opacity_reg * torch.sigmoid(g.opacity_logits).mean()
+        if c.scale_reg > 0:
+            excess = torch.relu(torch.exp(g.log_scales) - c.max_scale)
+            loss = loss + c.scale_reg * excess.mean()
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(self, step)
+        return loss
+
+    def step(self) -> dict:
+        c, s = self.cfg, self.state
+        step = s.step
+        strategy_step = step - self.strategy_start
+        vi, bg, target = self._next_view()
 
         g = self.gaussians()
         deg = self.active_sh_degree()
         absgrad = bool(getattr(self.strategy, "absgrad", False))
         colors, alphas, meta = self.render(g, self.viewmats[vi:vi + 1], self.Ks[vi:vi + 1], bg, deg, absgrad)
         if self.strategy is not None:
-            self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, meta)
-        loss = photometric_loss(colors, target, c.ssim_weight)
-        if has_mask and c.mask_weight > 0:
-            loss = loss + c.mask_weight * (alphas - self.masks[vi:vi + 1]).abs().mean()
-        opac = torch.sigmoid(self.params["opacities"])
-        if c.opacity_reg > 0:
-            loss = loss + c.opacity_reg * opac.mean()
-        if c.scale_reg > 0:
-            excess = torch.relu(torch.exp(self.params["scales"]) - c.max_scale)
-            loss = loss + c.scale_reg * excess.mean()
-        if self.extra_loss is not None:
-            loss = loss + self.extra_loss(self, step)
+            self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, strategy_step, meta)
+        loss = self.loss(g, colors, alphas, target, vi, step)
         loss.backward()
         lr = self._update_lr()
         for opt in self.optimizers.values():
@@ -224,9 +249,11 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         if self.strategy is not None:
             if self.cfg.strategy == "mcmc":
-                self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta, lr=lr)
+                self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, strategy_step,
+                                                 meta, lr=lr)
             else:
-                self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, meta)
+                self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, strategy_step,
+                                                 meta)
                 self._enforce_cap()
         with torch.no_grad():
             train_psnr = float(psnr(colors.detach(), target))
@@ -287,7 +314,7 @@ class Trainer:
                 if c.checkpoint_every and self.state.step % c.checkpoint_every == 0:
                     self.save()
                 if self.viewer is not None:
-                    self.viewer.update(self.state.step, self.gaussians().detach(), info)
+                    self.viewer.update(self.state.step, self.gaussians().detach(), {**info, "progress": self.progress()})
                 if progress is not None:
                     progress(self.state.step, self.estimated_total(), info)
                 if stop["flag"]:
