@@ -1,0 +1,507 @@
+// Per-tile front-to-back compositing (forward) and its back-to-front adjoint (backward).
+//
+// Included by one translation unit per instruction set (raster_tiles_<isa>.cpp), each defining
+// SPLAT_ISA to a distinct namespace; the ISA is picked at run time. Everything here has internal
+// linkage and calls no library templates, so no AVX code can leak into the portable build.
+//
+// Work layout: a tile is 16 rows of 16 pixels; each splat is applied to the rows and 8-pixel
+// half-rows its radius reaches. A half-row is one 8-lane vector (GCC vector extensions: the
+// compiler maps it to one AVX register, or two SSE registers in the portable build), so the
+// lane code is branch-free and vectorised whatever the floating-point flags.
+
+#ifndef SPLAT_ISA
+#error "define SPLAT_ISA before including raster_tiles.h"
+#endif
+
+namespace splat {
+namespace SPLAT_ISA {
+namespace {
+
+constexpr int kLanes = 8;
+
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t Mask __attribute__((vector_size(32)));
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t Mask __attribute__((vector_size(64)));
+};
+typedef int32_t IndexV __attribute__((vector_size(32)));
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+inline void store(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <typename V, typename T>
+inline V splat_v(T s) {
+  V v = {};
+  return v + s;
+}
+
+// exp for float lanes: Cephes-style range reduction plus a degree-6 polynomial, ~1 ulp on
+// [-87, 88]. Callers clamp the input at -87; inputs above 88 only occur where sigma < 0, a lane
+// that is masked out whatever this returns.
+inline Lanes<float>::V exp_v(Lanes<float>::V x) {
+  typedef Lanes<float>::V V;
+  typedef Lanes<float>::Mask I;
+  const V fx = x * 1.44269504088896341f;
+  // round to nearest by truncating a positive number (fx >= -126 here)
+  const I ni = __builtin_convertvector(fx + 128.5f, I) - 128;
+  const V n = __builtin_convertvector(ni, V);
+  V r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  V p = splat_v<V>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const V y = p * r * r + r + 1.0f;
+  const I bits = (ni + 127) << 23;
+  V scale;
+  __builtin_memcpy(&scale, &bits, sizeof(V));
+  return y * scale;
+}
+
+// Double lanes are for float64 checks (gradcheck); exactness matters there, not speed.
+inline Lanes<double>::V exp_v(Lanes<double>::V x) {
+  Lanes<double>::V r;
+  for (int i = 0; i < kLanes; ++i) r[i] = std::exp(x[i]);
+  return r;
+}
+
+inline Lanes<float>::V sqrt_v(Lanes<float>::V x) {
+  Lanes<float>::V r;
+#if defined(SPLAT_X86_INTRINSICS)
+  __m256 v;
+  __builtin_memcpy(&v, &x, 32);
+  v = _mm256_sqrt_ps(v);
+  __builtin_memcpy(&r, &v, 32);
+#else
+  for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrtf(x[i]);
+#endif
+  return r;
+}
+
+inline Lanes<double>::V sqrt_v(Lanes<double>::V x) {
+  Lanes<double>::V r;
+  for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrt(x[i]);
+  return r;
+}
+
+template <typename T>
+inline T hsum(const typename Lanes<T>::V& v) {
+  T s = 0;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// Lane j of the result is the sum of all lanes of v[j] (three butterfly levels).
+template <typename V>
+inline V reduce8(const V (&v)[8]) {
+  V t[4], u[2];
+  for (int i = 0; i < 4; ++i)
+    t[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)
+    u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(t[2 * i], t[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Bit i set where lane i of the mask is set.
+template <typename M>
+inline uint32_t lane_bits(const M& m) {
+#if defined(SPLAT_X86_INTRINSICS)
+  if constexpr (sizeof(M) == 32) {
+    __m256 v;
+    __builtin_memcpy(&v, &m, 32);
+    return static_cast<uint32_t>(_mm256_movemask_ps(v));
+  } else {
+    __m256d lo, hi;
+    __builtin_memcpy(&lo, &m, 32);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&m) + 32, 32);
+    return static_cast<uint32_t>(_mm256_movemask_pd(lo)) | (static_cast<uint32_t>(_mm256_movemask_pd(hi)) << 4);
+  }
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < kLanes; ++i) bits |= (m[i] ? 1u : 0u) << i;
+  return bits;
+#endif
+}
+
+// Margin (pixels) added to the analytic half-widths; rounding in the kernels is far smaller.
+constexpr float kPixelMargin = 1e-3f;
+constexpr int kPrefetch = 6;  // splat records fetched this many list entries ahead
+
+// Which 8-pixel half-rows of the tile can hold a pixel with alpha >= 1/255 for this splat:
+// bit r of cells[h] for row r, half h. A row's reachable pixels form one interval,
+// centre - slope*dy +- sqrt(q0 - q1 dy^2) (see pack_records); all 16 rows are tested at once.
+template <typename T>
+inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2]) {
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::Mask Mask;
+  const T q0 = s[rec::kSpanQ0], q1 = s[rec::kSpanQ1], slope = s[rec::kSlopeX];
+  const T centre = s[rec::kMeanX];  // already shifted to tile-local lane units by the caller
+  const V zero = splat_v<V>(T(0));
+  cells[0] = cells[1] = 0;
+  for (int half = 0; half < 2; ++half) {
+    const V dy = load<V>(row_dy + half * kLanes);
+    const V disc = q0 - q1 * dy * dy;
+    const Mask reachable = disc >= zero;
+    const V half_width = sqrt_v(reachable ? disc : zero) + static_cast<T>(kPixelMargin);
+    const V mid = centre - slope * dy;
+    const V lo = mid - half_width, hi = mid + half_width;
+    const Mask left = reachable & (lo <= T(kLanes - 1)) & (hi >= zero);
+    const Mask right = reachable & (lo <= T(kTile - 1)) & (hi >= T(kLanes));
+    cells[0] |= lane_bits(left) << (half * kLanes);
+    cells[1] |= lane_bits(right) << (half * kLanes);
+  }
+}
+
+struct TileCoords {
+  int64_t image;
+  int x0, y0;
+  int32_t start, end;
+};
+
+template <typename T>
+inline TileCoords tile_coords(const TileData<T>& d, int64_t tile_index) {
+  const int tiles_per_image = d.tiles_x * d.tiles_y;
+  const int tile_in_image = static_cast<int>(tile_index % tiles_per_image);
+  TileCoords c;
+  c.image = tile_index / tiles_per_image;
+  c.x0 = (tile_in_image % d.tiles_x) * kTile;
+  c.y0 = (tile_in_image / d.tiles_x) * kTile;
+  c.start = d.tile_offsets[tile_index];
+  c.end = d.tile_offsets[tile_index + 1];
+  return c;
+}
+
+template <typename T>
+inline void prefetch_record(const T* base, int32_t id) {
+  const char* p = reinterpret_cast<const char*>(base + static_cast<int64_t>(id) * rec::kSize);
+  __builtin_prefetch(p);
+  if (sizeof(T) * rec::kSize > 64) __builtin_prefetch(p + 64);
+}
+
+// The record with its mean moved to tile-local lane units (pixel centre of lane i is at i), which
+// is what splat_cells expects.
+template <typename T>
+inline void local_record(const T* s, int x0, T (&out)[rec::kSize]) {
+  for (int j = 0; j < rec::kSize; ++j) out[j] = s[j];
+  out[rec::kMeanX] = s[rec::kMeanX] - T(0.5) - static_cast<T>(x0);
+}
+
+template <typename T, int CD>
+void fwd_tile(const TileData<T>& d, int64_t tile_index) {
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::Mask Mask;
+  const TileCoords tc = tile_coords(d, tile_index);
+  const int x0 = tc.x0, y0 = tc.y0;
+
+  alignas(64) T trans[kTilePixels];  // running transmittance; 0 once the pixel is finished
+  alignas(64) T trans_done[kTilePixels];  // transmittance of finished pixels
+  alignas(64) T acc[CD][kTilePixels];
+  alignas(64) int32_t stop_at[kTilePixels];  // list position where the pixel finished, or end
+  alignas(64) T lane_x[kTile];
+  alignas(64) T row_y[kTile];
+
+  for (int p = 0; p < kTilePixels; ++p) {
+    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
+    // pixels past the image border start finished so they never accumulate
+    trans[p] = (px < d.width && py < d.height) ? T(1) : T(0);
+    trans_done[p] = T(0);
+    stop_at[p] = tc.end;
+    for (int c = 0; c < CD; ++c) acc[c][p] = T(0);
+  }
+  for (int i = 0; i < kTile; ++i) {
+    lane_x[i] = static_cast<T>(x0 + i) + T(0.5);
+    row_y[i] = static_cast<T>(y0 + i) + T(0.5);
+  }
+
+  const V zero = splat_v<V>(T(0));
+  const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
+  const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
+  const V t_min = splat_v<V>(static_cast<T>(kTransmittanceMin));
+  const V exp_floor = splat_v<V>(T(-87));
+
+  for (int32_t k = tc.start; k < tc.end; ++k) {
+    if (k + kPrefetch < tc.end) prefetch_record(d.splats, d.tile_lists[k + kPrefetch]);
+    const T* s = d.splats + static_cast<int64_t>(d.tile_lists[k]) * rec::kSize;
+    const T mx = s[rec::kMeanX], my = s[rec::kMeanY];
+    alignas(64) T row_dy[kTile];
+    for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
+    T local[rec::kSize];
+    local_record(s, x0, local);
+    uint32_t cells[2];
+    splat_cells(local, row_dy, cells);
+    uint32_t rows = cells[0] | cells[1];
+    if (!rows) continue;
+    const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
+    const T op = s[rec::kOpacity];
+    T col[CD];
+    for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
+    const T half_a = T(0.5) * ca;
+    const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
+
+    while (rows) {
+      const int row = __builtin_ctz(rows);
+      rows &= rows - 1;
+      const T dy = row_dy[row];
+      const T s_row = T(0.5) * cc * dy * dy;
+      const T b_row = cb * dy;
+      for (int h = 0; h < 2; ++h) {
+        if (!((cells[h] >> row) & 1u)) continue;
+        const int base = row * kTile + h * kLanes;
+        const V dx = dx_half[h];
+        const V sigma = half_a * dx * dx + b_row * dx + s_row;
+        V neg = -sigma;
+        neg = neg < exp_floor ? exp_floor : neg;
+        V alpha = op * exp_v(neg);
+        alpha = alpha < alpha_max ? alpha : alpha_max;
+        const Mask ok = (sigma >= zero) & (alpha >= alpha_min);
+        alpha = ok ? alpha : zero;
+        const V t_cur = load<V>(trans + base);
+        V t_next = t_cur * (T(1) - alpha);
+        V w = alpha * t_cur;
+        const Mask stop = (t_next <= t_min) & (t_cur > zero);
+        const uint32_t stop_bits = lane_bits(stop);
+        if (__builtin_expect(stop_bits != 0, 0)) {
+          // the splat that would take T to 1e-4 is left out and the pixel is finished
+          for (int i = 0; i < kLanes; ++i) {
+            if (!((stop_bits >> i) & 1u)) continue;
+            trans_done[base + i] = t_cur[i];
+            stop_at[base + i] = k;
+          }
+          w = stop ? zero : w;
+          t_next = stop ? zero : t_next;
+        }
+        for (int c = 0; c < CD; ++c) store(acc[c] + base, load<V>(acc[c] + base) + w * col[c]);
+        store(trans + base, t_next);
+      }
+    }
+    // stop early once every pixel of the tile is finished
+    if (((k - tc.start) & 15) == 15) {
+      V any = zero;
+      for (int p = 0; p < kTilePixels; p += kLanes) any = any + load<V>(trans + p);
+      if (hsum<T>(any) == T(0)) break;
+    }
+  }
+
+  const T* bg = d.backgrounds ? d.backgrounds + tc.image * CD : nullptr;
+  for (int p = 0; p < kTilePixels; ++p) {
+    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
+    if (px >= d.width || py >= d.height) continue;
+    const T t_final = trans[p] > T(0) ? trans[p] : trans_done[p];
+    const int64_t pix = (tc.image * d.height + py) * d.width + px;
+    for (int c = 0; c < CD; ++c) d.out_colors[pix * CD + c] = acc[c][p] + (bg ? t_final * bg[c] : T(0));
+    d.out_alphas[pix] = T(1) - t_final;
+    d.out_T[pix] = t_final;
+    d.out_last[pix] = stop_at[p];
+  }
+}
+
+template <typename T, int CD>
+void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::Mask Mask;
+  const TileCoords tc = tile_coords(d, tile_index);
+  const int x0 = tc.x0, y0 = tc.y0;
+
+  alignas(64) T trans[kTilePixels];       // transmittance in front of the current splat
+  alignas(64) T behind[kTilePixels];      // (colour composited behind the current splat) . v_pix
+  alignas(64) T v_pix[CD][kTilePixels];   // dL/d(pixel colour)
+  alignas(64) T v_final[kTilePixels];     // T_final * (dL/d pixel alpha - bg . dL/d colour)
+  alignas(64) int32_t stop_at[kTilePixels];
+  alignas(64) T lane_x[kTile];
+  alignas(64) T row_y[kTile];
+
+  const T* bg = d.backgrounds ? d.backgrounds + tc.image * CD : nullptr;
+  int32_t k_first = tc.start - 1;  // the last list position any pixel of the tile consumed
+  for (int p = 0; p < kTilePixels; ++p) {
+    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
+    behind[p] = T(0);
+    if (px >= d.width || py >= d.height) {
+      trans[p] = T(1);
+      stop_at[p] = tc.start;
+      v_final[p] = T(0);
+      for (int c = 0; c < CD; ++c) v_pix[c][p] = T(0);
+      continue;
+    }
+    const int64_t pix = (tc.image * d.height + py) * d.width + px;
+    const T t_final = d.out_T[pix];
+    trans[p] = t_final;
+    stop_at[p] = d.out_last[pix];
+    k_first = stop_at[p] - 1 > k_first ? stop_at[p] - 1 : k_first;
+    T bg_dot = T(0);
+    for (int c = 0; c < CD; ++c) {
+      v_pix[c][p] = d.v_out_colors[pix * CD + c];
+      if (bg) bg_dot += bg[c] * v_pix[c][p];
+    }
+    v_final[p] = t_final * (d.v_out_alphas[pix] - bg_dot);
+  }
+  for (int i = 0; i < kTile; ++i) {
+    lane_x[i] = static_cast<T>(x0 + i) + T(0.5);
+    row_y[i] = static_cast<T>(y0 + i) + T(0.5);
+  }
+
+  const V zero = splat_v<V>(T(0));
+  const V one = splat_v<V>(T(1));
+  const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
+  const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
+  const V exp_floor = splat_v<V>(T(-87));
+
+  for (int32_t k = k_first; k >= tc.start; --k) {
+    if (k - kPrefetch >= tc.start) {
+      const int32_t ahead = d.tile_lists[k - kPrefetch];
+      prefetch_record(d.splats, ahead);
+      prefetch_record(static_cast<const T*>(grad_slab), ahead);
+    }
+    const int32_t id = d.tile_lists[k];
+    const T* s = d.splats + static_cast<int64_t>(id) * rec::kSize;
+    const T mx = s[rec::kMeanX], my = s[rec::kMeanY];
+    alignas(64) T row_dy[kTile];
+    for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
+    T local[rec::kSize];
+    local_record(s, x0, local);
+    uint32_t cells[2];
+    splat_cells(local, row_dy, cells);
+    uint32_t rows = cells[0] | cells[1];
+    if (!rows) continue;
+    const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
+    const T op = s[rec::kOpacity];
+    T col[CD];
+    for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
+    const T half_a = T(0.5) * ca;
+    const IndexV k_vec = IndexV{} + k;
+    const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
+
+    // acc: mean x/y, conic a/b/c, opacity, |mean x|, |mean y| (grad:: order); acc_col: colours
+    V acc[8], acc_col[8];
+    for (int i = 0; i < 8; ++i) acc[i] = acc_col[i] = zero;
+
+    while (rows) {
+      const int row = __builtin_ctz(rows);
+      rows &= rows - 1;
+      const T dy = row_dy[row];
+      const T s_row = T(0.5) * cc * dy * dy;
+      const T b_row = cb * dy;
+      for (int h = 0; h < 2; ++h) {
+        if (!((cells[h] >> row) & 1u)) continue;
+        const int base = row * kTile + h * kLanes;
+        const V dx = dx_half[h];
+        const V sigma = half_a * dx * dx + b_row * dx + s_row;
+        V neg = -sigma;
+        neg = neg < exp_floor ? exp_floor : neg;
+        const V vis = exp_v(neg);
+        const V op_vis = op * vis;
+        const V alpha = op_vis < alpha_max ? op_vis : alpha_max;
+        const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
+        const Mask ok = __builtin_convertvector(in_range, Mask) & (sigma >= zero) & (alpha >= alpha_min);
+        // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
+        const V a_ok = ok ? alpha : zero;
+        const V ra = one / (one - a_ok);
+        const V t_here = load<V>(trans + base) * ra;
+        const V fac = a_ok * t_here;
+        // dL/dalpha = sum_c (col_c T - behind_c / (1 - alpha)) v_c + T_final (v_alpha - bg . v) / (1 - alpha)
+        V col_dot = zero;
+        for (int c = 0; c < CD; ++c) {
+          const V vp = load<V>(v_pix[c] + base);
+          acc_col[c] += fac * vp;
+          col_dot += col[c] * vp;
+        }
+        const V bh = load<V>(behind + base);
+        const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
+        store(behind + base, bh + fac * col_dot);
+        // the 0.999 clamp blocks the gradient to opacity and shape
+        const Mask live = ok & (op_vis <= alpha_max);
+        const V v_sigma = live ? -op_vis * v_alpha : zero;
+        const V gx = v_sigma * (ca * dx + cb * dy);
+        const V gy = v_sigma * (cb * dx + cc * dy);
+        acc[grad::kMeanX] += gx;
+        acc[grad::kMeanY] += gy;
+        acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
+        acc[grad::kConicB] += v_sigma * dx * dy;
+        acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
+        acc[grad::kOpacity] += live ? vis * v_alpha : zero;
+        acc[grad::kAbsX] += gx < zero ? -gx : gx;
+        acc[grad::kAbsY] += gy < zero ? -gy : gy;
+        store(trans + base, t_here);
+      }
+    }
+    T* g = grad_slab + static_cast<int64_t>(id) * grad::kSize;
+    store(g, load<V>(g) + reduce8(acc));
+    store(g + grad::kColor, load<V>(g + grad::kColor) + reduce8(acc_col));
+  }
+}
+
+// Half-row lane evaluations the kernels spend on a tile (8 per cell), for the cost model.
+template <typename T>
+int64_t count_tile_cells(const TileData<T>& d, int64_t tile_index) {
+  const TileCoords tc = tile_coords(d, tile_index);
+  alignas(64) T row_y[kTile];
+  for (int i = 0; i < kTile; ++i) row_y[i] = static_cast<T>(tc.y0 + i) + T(0.5);
+  int64_t cells_total = 0;
+  for (int32_t k = tc.start; k < tc.end; ++k) {
+    const T* s = d.splats + static_cast<int64_t>(d.tile_lists[k]) * rec::kSize;
+    alignas(64) T row_dy[kTile];
+    for (int i = 0; i < kTile; ++i) row_dy[i] = s[rec::kMeanY] - row_y[i];
+    T local[rec::kSize];
+    local_record(s, tc.x0, local);
+    uint32_t cells[2];
+    splat_cells(local, row_dy, cells);
+    cells_total += __builtin_popcount(cells[0]) + __builtin_popcount(cells[1]);
+  }
+  return cells_total;
+}
+
+}  // namespace
+
+// Entry points with external linkage, one set per ISA namespace.
+template <typename T>
+void composite_forward(const TileData<T>& d, int64_t tile_index) {
+  switch (d.D) {
+    case 1: fwd_tile<T, 1>(d, tile_index); break;
+    case 2: fwd_tile<T, 2>(d, tile_index); break;
+    case 3: fwd_tile<T, 3>(d, tile_index); break;
+    default: fwd_tile<T, 4>(d, tile_index); break;
+  }
+}
+
+template <typename T>
+void composite_backward(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
+  switch (d.D) {
+    case 1: bwd_tile<T, 1>(d, grad_slab, tile_index); break;
+    case 2: bwd_tile<T, 2>(d, grad_slab, tile_index); break;
+    case 3: bwd_tile<T, 3>(d, grad_slab, tile_index); break;
+    default: bwd_tile<T, 4>(d, grad_slab, tile_index); break;
+  }
+}
+
+template <typename T>
+int64_t count_cells(const TileData<T>& d, int64_t tile_index) {
+  return count_tile_cells<T>(d, tile_index);
+}
+
+template int64_t count_cells<float>(const TileData<float>&, int64_t);
+template int64_t count_cells<double>(const TileData<double>&, int64_t);
+template void composite_forward<float>(const TileData<float>&, int64_t);
+template void composite_forward<double>(const TileData<double>&, int64_t);
+template void composite_backward<float>(const TileData<float>&, float*, int64_t);
+template void composite_backward<double>(const TileData<double>&, double*, int64_t);
+
+}  // namespace SPLAT_ISA
+}  // namespace splat
