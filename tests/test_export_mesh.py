@@ -134,8 +134,10 @@ def test_poisson_and_obj_output(tmp_path):
     mesh = extract_mesh(g, path, n_views=16, resolution=96, poisson=True, poisson_depth=6)
     to_gt, from_gt = chamfer(mesh, legacy_mesh(verts, faces))
     assert to_gt < 0.04 and from_gt < 0.04, (to_gt, from_gt)  # measured 0.027 / 0.022
-    back = o3d.io.read_triangle_mesh(str(path))
-    assert back.has_vertex_colors() and len(back.vertices) == len(mesh.vertices)
+    # count the file's own vertex lines (open3d's .obj reader sometimes drops one on reading back)
+    v_lines = [ln.split() for ln in path.read_text().splitlines() if ln.startswith("v ")]
+    assert len(v_lines) == len(mesh.vertices)
+    assert all(len(v) == 7 for v in v_lines)  # x y z r g b: vertex colours are written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sphere.obj"]
 
 

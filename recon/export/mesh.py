@@ -130,6 +130,8 @@ def extract_mesh(gaussians: Gaussians, path: str | Path | None = None, cameras: 
     if poisson:
         mesh = _poisson(mesh, poisson_depth, max_distance=2.0 * voxel_size)
     mesh = _drop_small_components(mesh, min_component_fraction)
+    # Poisson cropping can leave vertices no triangle uses; .obj readers drop them, so do it here
+    mesh.remove_unreferenced_vertices()
     if path is not None:
         write_mesh(path, mesh)
     return mesh
