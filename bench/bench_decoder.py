@@ -6,6 +6,11 @@ backward, one 400x400 view). The target is that the decoder adds at most 30 % to
 
 Prints one line per thread count. On a shared, oversubscribed machine two-thread timings of many small
 ops are dominated by waiting for the second thread; the load average is printed alongside.
+
+Then a full training iteration (recon.train: pick a view, render, loss, backward, optimizer step) with
+the decoder (StructuredTrainer, voxel management off) against free Gaussians (Trainer, no densification)
+of the same count, on 4 synthetic 400x400 views of the shell: `iteration with/without decoder` is the
+figure the issue bounds (<= 1.30).
 """
 from __future__ import annotations
 
@@ -58,6 +63,69 @@ def _camera(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     return viewmat[None], K[None]
 
 
+def orbit_scene(gaussians, n_views: int, size: int, sh_degree: int):
+    """A Scene of `n_views` cameras around the origin whose images are renders of `gaussians` (so the
+    loss is a real one), for timing Trainer / StructuredTrainer steps without data on disk."""
+    from pathlib import Path
+
+    from recon.data.cameras import Cameras
+    from recon.data.scene import Normalization, Scene
+    from recon.render import rasterize
+
+    c2ws = []
+    for i in range(n_views):
+        a = 2 * math.pi * i / n_views
+        eye = torch.tensor([1.5 * math.cos(a), 1.5 * math.sin(a), 0.4])
+        fwd = -eye / eye.norm()
+        right = torch.linalg.cross(fwd, torch.tensor([0.0, 0.0, 1.0]))
+        right = right / right.norm()
+        down = torch.linalg.cross(fwd, right)
+        c2w = torch.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, fwd, eye
+        c2ws.append(c2w)
+    f = 0.9 * size
+    K = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]])
+    cams = Cameras(torch.stack(c2ws), K.expand(n_views, 3, 3).clone(), size, size)
+    g = gaussians
+    with torch.no_grad():
+        imgs, _, _ = rasterize(g.means, g.quats, torch.exp(g.log_scales), torch.sigmoid(g.opacity_logits), g.sh,
+                               cams.viewmats, cams.Ks, size, size, sh_degree=sh_degree,
+                               backgrounds=torch.ones(n_views, 3))
+    images = (imgs.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Scene(Path("synthetic"), "synthetic", [f"v{i}" for i in range(n_views)], images, None, cams,
+                 list(range(n_views)), [], Normalization.identity())
+
+
+def iteration_ratio(voxels, dec_cfg: DecoderConfig, sh_degree: int, size: int, reps: int) -> str:
+    """One line: ms per full training step with the decoder, without it, and their ratio."""
+    from recon.decoder.voxel_management import bake
+    from recon.train.config import TrainConfig
+    from recon.train.structured import StructuredTrainer
+    from recon.train.trainer import Trainer
+
+    cfg = TrainConfig(iterations=10**6, sh_degree=sh_degree, sh_degree_every=0.0, strategy="none",
+                      checkpoint_every=0)
+    dec_cfg = DecoderConfig(**{**dec_cfg.__dict__, "manage_every": 0})
+    quiet = lambda msg: None
+    # targets: renders of the initial decode (a real loss; the timing does not depend on the content)
+    scene = orbit_scene(bake(GaussianDecoder(dec_cfg, voxels, sh_degree=sh_degree), voxels), 4, size, sh_degree)
+    structured = StructuredTrainer(scene, scene.train_idx, voxels, cfg, dec_cfg, log=quiet)
+    free = Trainer(scene, scene.train_idx, bake(structured.decoder, voxels), cfg, log=quiet)
+
+    def run(trainer):
+        def one():
+            trainer.step()
+            trainer.state.step += 1
+        return one
+
+    with_ms, with_cpu = _time(run(structured), reps)
+    free_ms, free_cpu = _time(run(free), reps)
+    n = len(free.gaussians())
+    return (f"full iteration ({n} Gaussians, {size}x{size}): with decoder {with_ms:.0f} ms (cpu {with_cpu:.0f}), "
+            f"free Gaussians {free_ms:.0f} ms (cpu {free_cpu:.0f}); iteration with/without decoder = "
+            f"{with_ms / free_ms:.2f}, cpu {with_cpu / free_cpu:.2f} (target <= 1.30)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--voxels", type=int, default=20000)
@@ -67,6 +135,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=400)
     ap.add_argument("--channels", type=int, nargs="+", default=None, help="override decoder.channels")
     ap.add_argument("--fine-convs", action="store_true", help="decoder.fine_convs=true")
+    ap.add_argument("--no-iteration", action="store_true", help="skip the full-training-iteration comparison")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -115,6 +184,8 @@ def main() -> None:
         else:
             line += "; recon.render.rasterize not available"
         print(line, flush=True)
+        if rasterize is not None and not args.no_iteration:
+            print(f"threads={threads}: " + iteration_ratio(voxels, cfg, args.sh_degree, args.size, args.reps), flush=True)
 
 
 if __name__ == "__main__":

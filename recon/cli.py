@@ -60,6 +60,22 @@ def _data_overrides(views, train_views, split, background, max_size) -> list[str
     return out
 
 
+def _prior_overrides(prior: str | None, prior_model: Path | None) -> list[str]:
+    from recon.prior.config import PRIOR_MODES
+
+    if prior is not None and prior not in PRIOR_MODES:
+        raise ReconError(f"--prior {prior!r} is unknown", fix=f"use one of {', '.join(PRIOR_MODES)}")
+    if prior_model is not None:
+        if prior not in (None, "pretrained"):
+            raise ReconError(f"--prior-model is a Stable Diffusion folder for --prior pretrained, not --prior {prior}",
+                             fix="drop --prior-model, or use --prior pretrained")
+        prior = "pretrained"
+    out = [] if prior is None else [f"prior.mode={prior}"]
+    if prior_model is not None:
+        out.append(f"prior.model_path={json.dumps(str(prior_model))}")
+    return out
+
+
 @app.command()
 @user_errors
 def info(
@@ -122,6 +138,10 @@ def reconstruct(
     viewer: bool = typer.Option(False, "--viewer", help="Watch training live in the browser (stays open after; Ctrl-C quits)."),
     viewer_port: int = typer.Option(8080, help="Port of the --viewer page."),
     viewer_host: str = typer.Option("127.0.0.1", help="Address the --viewer page binds."),
+    prior: Optional[str] = typer.Option(None, help="Diffusion prior: none | repair (per-scene model, offline) | "
+                                                   "pretrained (local Stable Diffusion, see --prior-model)."),
+    prior_model: Optional[Path] = typer.Option(None, help="Local diffusers Stable Diffusion folder; implies "
+                                                          "--prior pretrained. Never downloads."),
 ):
     """Reconstruct Gaussians from a few photos: load -> init -> train -> evaluate -> export."""
     from recon.config import load_config
@@ -132,6 +152,7 @@ def reconstruct(
         overrides.append(f"train.iterations={iterations}")
     if time_budget is not None:
         overrides.append(f"train.time_budget={parse_duration(time_budget)}")
+    overrides += _prior_overrides(prior, prior_model)
     overrides += list(set_)
     cfg = load_config(config, overrides)
     from recon.train.trainer import TrainingInterrupted

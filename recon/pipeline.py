@@ -113,6 +113,9 @@ def run_reconstruct(scene_path: Path, out: Path, cfg: ReconConfig, stop_after: s
 
     if stop_after is not None and stop_after not in STAGES:
         raise ReconError(f"--stop-after {stop_after!r} is not a stage", fix=f"use one of {', '.join(STAGES)}")
+    from recon.train.prior_hook import check_prior_ready, make_prior_hook
+
+    check_prior_ready(cfg.prior)  # a missing model folder fails here, before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReconError("the output path is a file", path=out, fix="give a folder for -o")
@@ -152,8 +155,22 @@ def run_reconstruct(scene_path: Path, out: Path, cfg: ReconConfig, stop_after: s
             return ReconResult(out, {}, None)
 
         bg_eval = eval_background(scene, cfg.data.background)
-        trainer = Trainer(scene, train_idx, init_g, cfg.train, out_dir=out, device=device, seed=cfg.seed,
-                          background=cfg.data.background, log=log, viewer=viewer)
+        prior_hook = make_prior_hook(cfg, scene, out, log)  # None when prior.mode=none
+        if cfg.decoder.enabled:
+            if init_res is None:
+                raise ReconError("decoder.enabled=true decodes Gaussians from the carved voxels, but init.method is "
+                                 f"{cfg.init.method!r}", fix="use init.method=voxels or decoder.enabled=false")
+            from recon.train.structured import StructuredTrainer
+
+            trainer = StructuredTrainer(scene, train_idx, init_res.voxels, cfg.train, cfg.decoder, out_dir=out,
+                                        device=device, seed=cfg.seed, background=cfg.data.background, log=log,
+                                        viewer=viewer, extra_loss=prior_hook)
+            log(f"decoder: {len(init_res.voxels)} voxels x {cfg.decoder.gaussians_per_voxel} Gaussians, U-Net "
+                f"{cfg.decoder.channels}" + (f", baked after {cfg.decoder.bake_fraction:.0%} of the run"
+                                             if cfg.decoder.bake else ""))
+        else:
+            trainer = Trainer(scene, train_idx, init_g, cfg.train, out_dir=out, device=device, seed=cfg.seed,
+                              background=cfg.data.background, log=log, viewer=viewer, extra_loss=prior_hook)
         if viewer is not None and hasattr(viewer, "set_scene"):
             viewer.set_scene(scene, train_idx, init_res)
         t_train = time.perf_counter()
@@ -172,6 +189,7 @@ def run_reconstruct(scene_path: Path, out: Path, cfg: ReconConfig, stop_after: s
             "n_gaussians": len(g), "seconds": round(time.perf_counter() - t0, 2),
             "train_seconds": round(train_seconds, 2), "iterations": trainer.state.step, "preset": cfg.preset,
             "device": str(device), "scene": str(scene_path), "eval_background": bg_eval.tolist(),
+            "prior": cfg.prior.mode,
         })
         atomic_write_json(out / "metrics.json", metrics)
         summary = ", ".join(f"{k} {metrics[k]:.2f}" if k.startswith("psnr") else f"{k} {metrics[k]:.3f}"

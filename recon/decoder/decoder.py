@@ -83,7 +83,11 @@ def check_config(cfg: DecoderConfig) -> None:
     if cfg.max_voxels < 1:
         bad("max_voxels", cfg.max_voxels, "must be at least 1")
     if cfg.bake_fraction is not None and not 0 <= cfg.bake_fraction <= 1:
-        bad("bake_fraction", cfg.bake_fraction, "must be null or a fraction in [0, 1]")
+        bad("bake_fraction", cfg.bake_fraction, "must be a fraction in [0, 1]")
+    if not 0 < cfg.lr_final_factor <= 1:
+        bad("lr_final_factor", cfg.lr_final_factor, "must be in (0, 1]")
+    if not 0 <= cfg.bake_min_opacity < 1:
+        bad("bake_min_opacity", cfg.bake_min_opacity, "must be in [0, 1)")
 
 
 def check_voxels(voxels: SparseVoxels) -> None:

@@ -46,7 +46,11 @@ class PriorConfig:
     weight: float = 0.3  # weight of the repaired-view loss relative to the real views (1.0)
     ssim_weight: float = 0.2
     cycles: int = 3  # render -> repair -> supervise cycles
-    start: float = 0.5  # fraction of training at which the first cycle starts
+    start: float = 0.5  # fraction of training at which the prior is built (the first cycle follows at once)
+    # -- cost inside a training run (recon.train.prior_hook); the build counts against the time budget
+    build_share: float = 0.3  # with train.time_budget: the build may use at most this share of it
+    loo_share: float = 0.3  # of the build's time, the share for the leave-one-out reconstructions
+    loo_max_size: int = 200  # px; longest side the leave-one-out reconstructions train at
 
     # -- pretrained img2img (mode=pretrained)
     prompt: str = "a high quality photo of an object"
@@ -80,5 +84,10 @@ def check_prior_config(cfg: PriorConfig) -> None:
         raise ReconError("prior.sample_steps, train_crop (>= 16), train_batch, novel_views or cycles is out of range")
     if not (0.0 <= cfg.start < 1.0):
         raise ReconError(f"prior.start={cfg.start} is out of range", fix="use a fraction of training in [0, 1)")
+    if not (0.0 < cfg.build_share and cfg.start + cfg.build_share < 1.0) or not (0.0 <= cfg.loo_share < 1.0):
+        raise ReconError(f"prior.build_share={cfg.build_share} / loo_share={cfg.loo_share} are out of range",
+                         fix="use build_share > 0 with start + build_share < 1, and 0 <= loo_share < 1")
+    if cfg.loo_max_size < 16:
+        raise ReconError(f"prior.loo_max_size={cfg.loo_max_size} is too small", fix="use 16 px or more")
     if any(c < 8 for c in cfg.block_out_channels) or not cfg.block_out_channels:
         raise ReconError("prior.block_out_channels needs one or more widths of at least 8")

@@ -90,7 +90,7 @@ class Trainer:
         c = self.cfg
         lrs = {"means": c.lr_means, "quats": c.lr_quats, "scales": c.lr_scales, "opacities": c.lr_opacities,
                "sh0": c.lr_sh0, "shN": c.lr_shN}
-        return {k: torch.optim.Adam([{"params": self.params[k], "lr": lr, "name": k}], eps=1e-15)
+        return {k: torch.optim.Adam([{"params": self.params[k], "lr": lr, "name": k}], eps=1e-15, fused=True)
                 for k, lr in lrs.items()}
 
     def _make_strategy(self, start: int = 0, span: int | None = None):
