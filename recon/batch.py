@@ -167,6 +167,13 @@ def run_scene(job: SceneJob, threads: int | None = None) -> dict:
             "ssim": None, "psnr_masked": None, "n_gaussians": None, "error": err}
 
 
+def _lost_scene(job: SceneJob, error: str) -> dict:
+    """The summary row of a scene whose worker or task died before it could report."""
+    return {"name": job.name, "path": str(job.path), "out_dir": str(job.out_dir), "status": "failed", "skipped": False,
+            "seconds": None, "psnr": None, "ssim": None, "psnr_masked": None, "n_gaussians": None,
+            "error": error.splitlines()[0]}
+
+
 def run_batch(manifest: Manifest, jobs: int = 1, backend: str = "local", address: str | None = None,
               on_result=None) -> list[dict]:
     """Run every scene; returns the summary rows (also written to <output>/summary.{json,csv})."""
@@ -203,9 +210,7 @@ def _run_local(manifest: Manifest, jobs: int, on_result) -> list[dict]:
             try:
                 r = f.result()
             except Exception as e:  # the worker itself died (out of memory, killed)
-                r = {"name": j.name, "path": str(j.path), "out_dir": str(j.out_dir), "status": "failed",
-                     "skipped": False, "seconds": None, "psnr": None, "ssim": None, "psnr_masked": None,
-                     "n_gaussians": None, "error": f"worker died: {type(e).__name__}: {e}".splitlines()[0]}
+                r = _lost_scene(j, f"worker died: {type(e).__name__}: {e}")
             results.append(r)
             if on_result:
                 on_result(r)
@@ -238,9 +243,7 @@ def _run_ray(manifest: Manifest, jobs: int, address: str | None, on_result) -> l
             try:
                 r = ray.get(done[0])
             except Exception as e:  # task or node failure
-                r = {"name": j.name, "path": str(j.path), "out_dir": str(j.out_dir), "status": "failed",
-                     "skipped": False, "seconds": None, "psnr": None, "ssim": None, "psnr_masked": None,
-                     "n_gaussians": None, "error": f"ray task failed: {type(e).__name__}".splitlines()[0]}
+                r = _lost_scene(j, f"ray task failed: {type(e).__name__}")
             results.append(r)
             if on_result:
                 on_result(r)
