@@ -100,7 +100,9 @@ def initial_gaussians(scene, train_idx, cfg: ReconConfig, log):
     from recon.init.initialize import initialize
 
     res = initialize(scene, train_idx, cfg.init)
-    log(f"init: {len(res.voxels)} surface voxels at level {res.voxels.level}, {len(res.gaussians)} Gaussians")
+    inner = res.stats.get("interior_voxels", 0)
+    log(f"init: {len(res.voxels)} voxels at level {res.voxels.level} ({res.stats['surface_voxels']} on the surface"
+        f"{f', {inner} inside' if inner else ''}), {len(res.gaussians)} Gaussians")
     return res, res.gaussians
 
 

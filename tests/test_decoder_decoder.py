@@ -220,3 +220,32 @@ def test_unet_keeps_sites_and_order_on_odd_grids(fine_convs):
     assert net.padded_shape(13) == [16, 16, 16]
     with pytest.raises(ValueError):
         SparseUNet(2, [])
+
+
+@pytest.mark.parametrize("fine_convs", [False, True])
+def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_convs):
+    torch.manual_seed(3)
+    net = SparseUNet(5, [4, 8, 8], fine_convs=fine_convs)
+    fresh = SparseUNet(5, [4, 8, 8], fine_convs=fine_convs)
+    fresh.load_state_dict(net.state_dict())
+    feats = torch.randn(len(voxels), 5)
+
+    def run(module, coords, x):
+        x = x.clone().requires_grad_(True)
+        out = module(coords, x, voxels.level)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), x.grad
+
+    first = run(net, voxels.coords, feats)
+    assert net._subm_tables  # tables kept for the next call
+    tables = dict(net._subm_tables)
+    again = run(net, voxels.coords.clone(), feats)  # same voxels, new tensor: tables reused
+    assert all(net._subm_tables[k] is v for k, v in tables.items() if k != "indices")
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a different voxel set (as after pruning) must rebuild them: compare with a module that never cached
+    keep = torch.arange(len(voxels)) % 3 != 0
+    for coords in (voxels.coords[keep], voxels.coords[keep].flip(0)):
+        for a, b in zip(run(net, coords, feats[keep]), run(fresh, coords, feats[keep])):
+            torch.testing.assert_close(a, b)
+        fresh._subm_tables, fresh._tables_key = {}, None

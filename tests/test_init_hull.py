@@ -114,6 +114,24 @@ def test_mask_tolerance_forgives_one_bad_mask(scene):
     assert tolerant.occupancy.contains(pts).mean() >= 0.99
 
 
+def test_interior_seeds_inner_cells_in_proportion_to_the_surface(scene):
+    cfg = InitConfig(levels=[16, 32, 64])
+    shell = initialize(scene, scene.train_idx, cfg)
+    n_surface, inner_total = len(shell.voxels), len(shell.occupancy) - len(shell.voxels)
+    assert 0 < n_surface // 2 < inner_total  # the sphere's solid has a large inside
+    for ratio, expected in ((0.5, n_surface // 2), (1e6, inner_total)):
+        res = initialize(scene, scene.train_idx, replace(cfg, interior=ratio))
+        n_in = res.stats["interior_voxels"]
+        assert res.stats["surface_voxels"] == n_surface and len(res.voxels) == n_surface + n_in
+        assert abs(n_in - expected) <= 1 and len(res.gaussians) == len(res.voxels)
+        torch.testing.assert_close(res.voxels.coords[:n_surface], shell.voxels.coords)
+        # the added cells are inside the solid: all six neighbours occupied, none repeated
+        c = res.voxels.centers().numpy()[n_surface:]
+        h = res.voxels.voxel_size
+        nb = np.stack([res.occupancy.contains(c + h * d) for d in np.concatenate([np.eye(3), -np.eye(3)])])
+        assert nb.all() and len(np.unique(res.voxels.coords.numpy(), axis=0)) == len(res.voxels)
+
+
 @pytest.mark.parametrize("change, match", [
     ({"levels": [32, 48]}, "levels"),
     ({"levels": [1024]}, "levels"),
@@ -123,6 +141,7 @@ def test_mask_tolerance_forgives_one_bad_mask(scene):
     ({"bound": 0.0}, "bound"),
     ({"mask_threshold": 1.5}, "mask_threshold"),
     ({"footprint": -1.0}, "footprint"),
+    ({"interior": -1.0}, "interior"),
     ({"gaussian_opacity": 1.0}, "opacity"),
 ])
 def test_bad_config_is_a_user_error(scene, change, match):

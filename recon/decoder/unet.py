@@ -79,6 +79,8 @@ class SparseUNet(nn.Module):
         self.decoders = nn.ModuleList([_block(2 * channels[lvl - 1], channels[lvl - 1], lvl - 1,
                                               fine_convs or lvl > 1)
                                        for lvl in range(1, self.levels)])
+        self._tables_key = None
+        self._subm_tables: dict = {}
 
     def padded_shape(self, level: int) -> list[int]:
         """Grid shape rounded up so every down step halves it exactly (no site falls off the edge)."""
@@ -89,16 +91,30 @@ class SparseUNet(nn.Module):
     def forward(self, coords: torch.Tensor, features: torch.Tensor, level: int) -> torch.Tensor:
         """coords (M, 3) int cell indices in [0, level); features (M, C_in) float32."""
         indices = torch.cat([coords.new_zeros(coords.shape[0], 1), coords], dim=1).to(torch.int32).contiguous()
-        x = spconv.SparseConvTensor(features.contiguous(), indices, self.padded_shape(level), batch_size=1)
+        # the submanifold neighbour tables depend on the voxel set only: reuse them while it is unchanged
+        # (training calls this every iteration with the same voxels; spconv would rebuild them each time)
+        cached = self._subm_tables if self._tables_key == (indices.shape, level) else {}
+        if cached and not torch.equal(cached["indices"], indices):
+            cached = {}
+        tables = {k: v for k, v in cached.items() if k != "indices"}
+        x = spconv.SparseConvTensor(features.contiguous(), indices, self.padded_shape(level), batch_size=1,
+                                    indice_dict={"subm0": tables["subm0"]} if "subm0" in tables else None)
         x = self.stem(x)
         skips = []
         for lvl in range(1, self.levels):
             skips.append(x)
-            x = self.encoders[lvl - 1](self.downs[lvl - 1](x))
+            x = self.downs[lvl - 1](x)
+            key = f"subm{lvl}"
+            if key in tables and torch.equal(tables[key].indices, x.indices):
+                x.indice_dict[key] = tables[key]
+            x = self.encoders[lvl - 1](x)
         for lvl in range(self.levels - 1, 0, -1):
             x = self.ups[lvl - 1](x)
             skip = skips[lvl - 1]
             # the inverse conv returns the exact site list of the level above, in its order
             x = skip.replace_feature(torch.cat([x.features, skip.features], dim=1))
             x = self.decoders[lvl - 1](x)
+        self._tables_key = (indices.shape, level)
+        self._subm_tables = {"indices": indices,
+                             **{k: v for k, v in x.indice_dict.items() if k.startswith("subm")}}
         return x.features

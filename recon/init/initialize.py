@@ -28,7 +28,8 @@ CARVE_MODES = ("auto", "hull", "photo")
 @dataclass
 class InitResult:
     """voxels: surface voxels of the carved solid at the finest level, with DEFAULT_FEATURES (a hull's
-    cells with an empty 6-neighbour; every cell of a photo-consistent shell);
+    cells with an empty 6-neighbour, plus `init.interior` times as many of its inner cells; every cell of a
+    photo-consistent shell);
     gaussians: seeded from them; occupancy: the whole carved solid (for meshes and checks);
     stats: per stage and per level (kept voxels, seconds)."""
 
@@ -53,6 +54,9 @@ def check_config(cfg: InitConfig, scene: Scene) -> str:
         raise ReconError(f"init.mask_threshold is {cfg.mask_threshold}", fix="Use a value between 0 and 1, e.g. 0.5")
     if cfg.footprint < 0:
         raise ReconError(f"init.footprint is {cfg.footprint}", fix="Use a value >= 0 (1 = conservative)")
+    if cfg.interior < 0:
+        raise ReconError(f"init.interior is {cfg.interior}",
+                         fix="Use 0 (surface only) or a positive multiple of the surface voxel count, e.g. 1")
     mode = cfg.carve
     if mode == "auto":
         mode = "hull" if scene.masks is not None else "photo"
@@ -60,6 +64,15 @@ def check_config(cfg: InitConfig, scene: Scene) -> str:
         raise ReconError("init.carve=hull needs object masks, and this scene has none", path=scene.root,
                          fix="Add masks (RGBA images or a masks/ folder) or use init.carve=photo")
     return mode
+
+
+def _interior_sample(occ, n: int, seed: int) -> np.ndarray:
+    """`n` of the occupied cells that are not on the surface (all of them if there are fewer), at random."""
+    inner = np.argwhere(occ.grid & ~occ.surface_grid()) + occ.offset
+    if n >= len(inner):
+        return inner
+    pick = np.random.default_rng(seed).choice(len(inner), size=n, replace=False)
+    return inner[np.sort(pick)]
 
 
 @single_threaded
@@ -94,6 +107,9 @@ def initialize(scene: Scene, train_idx: list[int], cfg: InitConfig, on_level=Non
     t0 = time.perf_counter()
     # a photo-consistent carving is already a shell (with holes and seeded clumps): all of it is surface
     coords = occ.surface_coords() if mode == "hull" else occ.coords()
+    n_surface = len(coords)
+    if mode == "hull" and cfg.interior > 0:
+        coords = np.concatenate([coords, _interior_sample(occ, int(round(cfg.interior * n_surface)), cfg.seed)])
     centers = torch.from_numpy(occ.centers(coords)).to(torch.float32)
     feats, color_stats = voxel_features(views, centers, occ.voxel_size, centers, cfg)
     stats["colors"] = {**color_stats, "seconds": time.perf_counter() - t0}
@@ -104,6 +120,7 @@ def initialize(scene: Scene, train_idx: list[int], cfg: InitConfig, on_level=Non
     gaussians = seed_gaussians(voxels, cfg)
     stats["seed"] = {"gaussians": len(gaussians), "seconds": time.perf_counter() - t0}
     stats["occupied"] = len(occ)
-    stats["surface_voxels"] = len(voxels)
+    stats["surface_voxels"] = n_surface
+    stats["interior_voxels"] = len(voxels) - n_surface
     stats["total_seconds"] = time.perf_counter() - t_start
     return InitResult(voxels, gaussians, occ, mode, stats)
