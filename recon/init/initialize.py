@@ -1,4 +1,4 @@
-"""Sparse voxel initialisation: carve -> drop floaters -> colour the surface voxels -> seed Gaussians."""
+"""Sparse voxel initialisation: carve -> drop floaters -> colour the surface (+ some inner) voxels -> seed Gaussians."""
 from __future__ import annotations
 
 import time
@@ -77,7 +77,8 @@ def _interior_sample(occ, n: int, seed: int) -> np.ndarray:
 
 @single_threaded
 def initialize(scene: Scene, train_idx: list[int], cfg: InitConfig, on_level=None) -> InitResult:
-    """Carve the training views into sparse voxels and seed Gaussians from the surface ones.
+    """Carve the training views into sparse voxels and seed Gaussians from the surface ones (and from
+    `cfg.interior` times as many inner ones).
     `on_level(stats)` is called after each carving level (benchmarks hook memory readings there)."""
     t_start = time.perf_counter()
     mode = check_config(cfg, scene)
