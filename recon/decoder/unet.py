@@ -93,7 +93,8 @@ class SparseUNet(nn.Module):
         indices = torch.cat([coords.new_zeros(coords.shape[0], 1), coords], dim=1).to(torch.int32).contiguous()
         # the submanifold neighbour tables depend on the voxel set only: reuse them while it is unchanged
         # (training calls this every iteration with the same voxels; spconv would rebuild them each time)
-        cached = self._subm_tables if self._tables_key == (indices.shape, level) else {}
+        key = (indices.shape, indices.device, level)
+        cached = self._subm_tables if self._tables_key == key else {}
         if cached and not torch.equal(cached["indices"], indices):
             cached = {}
         tables = {k: v for k, v in cached.items() if k != "indices"}
@@ -104,9 +105,9 @@ class SparseUNet(nn.Module):
         for lvl in range(1, self.levels):
             skips.append(x)
             x = self.downs[lvl - 1](x)
-            key = f"subm{lvl}"
-            if key in tables and torch.equal(tables[key].indices, x.indices):
-                x.indice_dict[key] = tables[key]
+            name = f"subm{lvl}"
+            if name in tables and torch.equal(tables[name].indices, x.indices):
+                x.indice_dict[name] = tables[name]
             x = self.encoders[lvl - 1](x)
         for lvl in range(self.levels - 1, 0, -1):
             x = self.ups[lvl - 1](x)
@@ -114,7 +115,7 @@ class SparseUNet(nn.Module):
             # the inverse conv returns the exact site list of the level above, in its order
             x = skip.replace_feature(torch.cat([x.features, skip.features], dim=1))
             x = self.decoders[lvl - 1](x)
-        self._tables_key = (indices.shape, level)
+        self._tables_key = key
         self._subm_tables = {"indices": indices,
                              **{k: v for k, v in x.indice_dict.items() if k.startswith("subm")}}
         return x.features

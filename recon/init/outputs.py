@@ -17,7 +17,7 @@ SMOOTH_ITERATIONS = 5  # Taubin steps: softens the staircase, keeps the volume
 
 
 def write_init_outputs(res, scene: Scene, out_dir: Path) -> dict[str, Path]:
-    """Write voxels.ply (surface voxel centres coloured by their features, plus spread and n_views) and
+    """Write voxels.ply (the seeded voxels' centres coloured by their features, plus spread and n_views) and
     hull_mesh.ply (the boundary of the carved solid) under out_dir/init/. Returns the paths."""
     folder = Path(out_dir) / "init"
     folder.mkdir(parents=True, exist_ok=True)
