@@ -237,10 +237,11 @@ def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_conv
         return out.detach(), x.grad
 
     first = run(net, voxels.coords, feats)
-    assert net._subm_tables  # tables kept for the next call
-    tables = dict(net._subm_tables)
+    # tables kept for the next call: one per level with 3x3x3 convs
+    assert sorted(net._neighbour_tables[2]) == (["subm0"] if fine_convs else []) + ["subm1", "subm2"]
+    tables = dict(net._neighbour_tables[2])
     again = run(net, voxels.coords.clone(), feats)  # same voxels, new tensor: tables reused
-    assert all(net._subm_tables[k] is v for k, v in tables.items() if k != "indices")
+    assert all(net._neighbour_tables[2][k] is v for k, v in tables.items())
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # a different voxel set (as after pruning) must rebuild them: compare with a module that never cached
@@ -248,4 +249,4 @@ def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_conv
     for coords in (voxels.coords[keep], voxels.coords[keep].flip(0)):
         for a, b in zip(run(net, coords, feats[keep]), run(fresh, coords, feats[keep])):
             torch.testing.assert_close(a, b)
-        fresh._subm_tables, fresh._tables_key = {}, None
+        fresh._neighbour_tables = None

@@ -79,8 +79,8 @@ class SparseUNet(nn.Module):
         self.decoders = nn.ModuleList([_block(2 * channels[lvl - 1], channels[lvl - 1], lvl - 1,
                                               fine_convs or lvl > 1)
                                        for lvl in range(1, self.levels)])
-        self._tables_key = None
-        self._subm_tables: dict = {}
+        # (indices, level, {indice_key: spconv IndiceData}) of the last forward's submanifold convs
+        self._neighbour_tables: tuple | None = None
 
     def padded_shape(self, level: int) -> list[int]:
         """Grid shape rounded up so every down step halves it exactly (no site falls off the edge)."""
@@ -93,14 +93,16 @@ class SparseUNet(nn.Module):
         indices = torch.cat([coords.new_zeros(coords.shape[0], 1), coords], dim=1).to(torch.int32).contiguous()
         # the submanifold neighbour tables depend on the voxel set only: reuse them while it is unchanged
         # (training calls this every iteration with the same voxels; spconv would rebuild them each time)
-        key = (indices.shape, indices.device, level)
-        cached = self._subm_tables if self._tables_key == key else {}
-        if cached and not torch.equal(cached["indices"], indices):
-            cached = {}
-        tables = {k: v for k, v in cached.items() if k != "indices"}
+        tables = {}
+        if self._neighbour_tables is not None:
+            known, known_level, known_tables = self._neighbour_tables
+            if known_level == level and known.device == indices.device and torch.equal(known, indices):
+                tables = known_tables
         x = spconv.SparseConvTensor(features.contiguous(), indices, self.padded_shape(level), batch_size=1,
                                     indice_dict={"subm0": tables["subm0"]} if "subm0" in tables else None)
         x = self.stem(x)
+        # each level's tensor carries its own indice_dict: collect the tables level by level
+        built = {k: v for k, v in x.indice_dict.items() if k == "subm0"}
         skips = []
         for lvl in range(1, self.levels):
             skips.append(x)
@@ -109,13 +111,12 @@ class SparseUNet(nn.Module):
             if name in tables and torch.equal(tables[name].indices, x.indices):
                 x.indice_dict[name] = tables[name]
             x = self.encoders[lvl - 1](x)
+            built[name] = x.indice_dict[name]
         for lvl in range(self.levels - 1, 0, -1):
             x = self.ups[lvl - 1](x)
             skip = skips[lvl - 1]
             # the inverse conv returns the exact site list of the level above, in its order
             x = skip.replace_feature(torch.cat([x.features, skip.features], dim=1))
             x = self.decoders[lvl - 1](x)
-        self._tables_key = key
-        self._subm_tables = {"indices": indices,
-                             **{k: v for k, v in x.indice_dict.items() if k.startswith("subm")}}
+        self._neighbour_tables = (indices, level, built)
         return x.features
