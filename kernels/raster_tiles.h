@@ -219,14 +219,17 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
   alignas(64) T lane_x[kTile];
   alignas(64) T row_y[kTile];
 
+  // pixels past the image border start finished so they never accumulate
+  const int w_in = d.width - x0 < kTile ? d.width - x0 : kTile;
+  const int h_in = d.height - y0 < kTile ? d.height - y0 : kTile;
+  for (int r = 0; r < kTile; ++r)
+    for (int i = 0; i < kTile; ++i) trans[r * kTile + i] = (r < h_in && i < w_in) ? T(1) : T(0);
   for (int p = 0; p < kTilePixels; ++p) {
-    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
-    // pixels past the image border start finished so they never accumulate
-    trans[p] = (px < d.width && py < d.height) ? T(1) : T(0);
     trans_done[p] = T(0);
     stop_at[p] = tc.end;
-    for (int c = 0; c < CD; ++c) acc[c][p] = T(0);
   }
+  for (int c = 0; c < CD; ++c)
+    for (int p = 0; p < kTilePixels; ++p) acc[c][p] = T(0);
   for (int i = 0; i < kTile; ++i) {
     lane_x[i] = static_cast<T>(x0 + i) + T(0.5);
     row_y[i] = static_cast<T>(y0 + i) + T(0.5);
@@ -301,16 +304,20 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     }
   }
 
-  const T* bg = d.backgrounds ? d.backgrounds + tc.image * CD : nullptr;
-  for (int p = 0; p < kTilePixels; ++p) {
-    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
-    if (px >= d.width || py >= d.height) continue;
-    const T t_final = trans[p] > T(0) ? trans[p] : trans_done[p];
-    const int64_t pix = (tc.image * d.height + py) * d.width + px;
-    for (int c = 0; c < CD; ++c) d.out_colors[pix * CD + c] = acc[c][p] + (bg ? t_final * bg[c] : T(0));
-    d.out_alphas[pix] = T(1) - t_final;
-    d.out_T[pix] = t_final;
-    d.out_last[pix] = stop_at[p];
+  T bg[CD];
+  for (int c = 0; c < CD; ++c) bg[c] = d.backgrounds ? d.backgrounds[tc.image * CD + c] : T(0);
+  for (int r = 0; r < h_in; ++r) {
+    const int64_t row_pix = (tc.image * d.height + y0 + r) * d.width + x0;
+    const int p0 = r * kTile;
+    T* colors_out = d.out_colors + row_pix * CD;
+    for (int i = 0; i < w_in; ++i) {
+      const int p = p0 + i;
+      const T t_final = trans[p] > T(0) ? trans[p] : trans_done[p];
+      for (int c = 0; c < CD; ++c) colors_out[i * CD + c] = acc[c][p] + t_final * bg[c];
+      d.out_alphas[row_pix + i] = T(1) - t_final;
+      d.out_T[row_pix + i] = t_final;
+      d.out_last[row_pix + i] = stop_at[p];
+    }
   }
 }
 
@@ -329,29 +336,41 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   alignas(64) T lane_x[kTile];
   alignas(64) T row_y[kTile];
 
-  const T* bg = d.backgrounds ? d.backgrounds + tc.image * CD : nullptr;
-  int32_t k_first = tc.start - 1;  // the last list position any pixel of the tile consumed
-  for (int p = 0; p < kTilePixels; ++p) {
-    const int px = x0 + (p % kTile), py = y0 + (p / kTile);
-    behind[p] = T(0);
-    if (px >= d.width || py >= d.height) {
+  T bg[CD];
+  for (int c = 0; c < CD; ++c) bg[c] = d.backgrounds ? d.backgrounds[tc.image * CD + c] : T(0);
+  // pixels past the image border: T = 1, no gradient, and no list entry in range
+  const int w_in = d.width - x0 < kTile ? d.width - x0 : kTile;
+  const int h_in = d.height - y0 < kTile ? d.height - y0 : kTile;
+  if (w_in < kTile || h_in < kTile) {
+    for (int p = 0; p < kTilePixels; ++p) {
       trans[p] = T(1);
       stop_at[p] = tc.start;
       v_final[p] = T(0);
-      for (int c = 0; c < CD; ++c) v_pix[c][p] = T(0);
-      continue;
     }
-    const int64_t pix = (tc.image * d.height + py) * d.width + px;
-    const T t_final = d.out_T[pix];
-    trans[p] = t_final;
-    stop_at[p] = d.out_last[pix];
-    k_first = stop_at[p] - 1 > k_first ? stop_at[p] - 1 : k_first;
-    T bg_dot = T(0);
-    for (int c = 0; c < CD; ++c) {
-      v_pix[c][p] = d.v_out_colors[pix * CD + c];
-      if (bg) bg_dot += bg[c] * v_pix[c][p];
+    for (int c = 0; c < CD; ++c)
+      for (int p = 0; p < kTilePixels; ++p) v_pix[c][p] = T(0);
+  }
+  for (int p = 0; p < kTilePixels; ++p) behind[p] = T(0);
+  int32_t k_first = tc.start - 1;  // the last list position any pixel of the tile consumed
+  for (int r = 0; r < h_in; ++r) {
+    const int64_t row_pix = (tc.image * d.height + y0 + r) * d.width + x0;
+    const int p0 = r * kTile;
+    const T* v_colors_in = d.v_out_colors + row_pix * CD;
+    for (int i = 0; i < w_in; ++i) {
+      const int p = p0 + i;
+      const T t_final = d.out_T[row_pix + i];
+      trans[p] = t_final;
+      const int32_t last = d.out_last[row_pix + i];
+      stop_at[p] = last;
+      k_first = last - 1 > k_first ? last - 1 : k_first;
+      T bg_dot = T(0);
+      for (int c = 0; c < CD; ++c) {
+        const T v = v_colors_in[i * CD + c];
+        v_pix[c][p] = v;
+        bg_dot += bg[c] * v;
+      }
+      v_final[p] = t_final * (d.v_out_alphas[row_pix + i] - bg_dot);
     }
-    v_final[p] = t_final * (d.v_out_alphas[pix] - bg_dot);
   }
   for (int i = 0; i < kTile; ++i) {
     lane_x[i] = static_cast<T>(x0 + i) + T(0.5);

@@ -262,7 +262,7 @@ void build_tile_lists(const DepthOrder& depth_order, const Tensor& records, cons
 
   for (int64_t c = 0; c < n_images; ++c) {
     const int64_t first = depth_order.vis_start[c], n_sorted = depth_order.vis_start[c + 1] - first;
-    const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * parallel_slots(), n_sorted / 8192));
+    const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * parallel_slots(), n_sorted / 2048));
     const int64_t chunk_len = (n_sorted + n_chunks - 1) / n_chunks;
     std::vector<int32_t> cursors(n_chunks * tiles_per_image, 0);
     parallel_run(n_chunks, 1, [&](int64_t cb, int64_t ce, int) {
@@ -324,7 +324,7 @@ void pack_records(const Tensor& order_t, const Tensor& means2d, const Tensor& co
   // rounding of these few operations
   const T eps = std::numeric_limits<T>::epsilon();
   const T log_threshold = std::log(static_cast<T>(kAlphaThreshold));
-  parallel_run(n_vis, 8192, [&](int64_t b, int64_t e, int) {
+  parallel_run(n_vis, 2048, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t i = order[r];
       T* s = out + r * rec::kSize;
