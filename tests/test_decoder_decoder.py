@@ -250,3 +250,50 @@ def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_conv
         for a, b in zip(run(net, coords, feats[keep]), run(fresh, coords, feats[keep])):
             torch.testing.assert_close(a, b)
         fresh._neighbour_tables = None
+
+
+def _head_by_plain_ops(raw, centers, dc, c):
+    """The decoding formulas written with slicing and torch ops (autograd does the backward)."""
+    from recon.gaussians import SH_C0
+
+    m, k, nb = raw.shape[0], c.k, c.num_bases
+    per = raw[:, : k * 14].view(m, k, 14)
+    off, log_s, quat, opa, sh_dc = per.split([3, 3, 4, 1, 3], dim=-1)
+    means = centers[:, None, :] + c.offset_extent * torch.tanh(off + c.offset_bias)
+    log_scales = c.log_scale_base + c.log_scale_span * torch.sigmoid(log_s + c.scale_bias)
+    quats = quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0])
+    opacity_logits = opa.squeeze(-1) + c.opacity_bias
+    sh = (sh_dc / SH_C0 + dc[:, None, :])[:, :, None, :]
+    if nb > 1:
+        rest = raw[:, k * 14:].view(m, 1, nb - 1, 3)
+        sh = torch.cat([sh, rest.expand(m, k, -1, -1)], dim=2)
+    n = m * k
+    return (means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3), opacity_logits.reshape(n),
+            sh.reshape(n, nb, 3))
+
+
+@pytest.mark.parametrize("k,degree", [(1, 0), (2, 1), (3, 3)])
+def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree):
+    from recon.decoder.decoder import _DecodeHead, _HeadConstants
+
+    g = torch.Generator().manual_seed(k)
+    nb = (degree + 1) ** 2
+    m = 5
+    raw = torch.randn(m, k * 14 + 3 * (nb - 1), generator=g, dtype=torch.float64, requires_grad=True)
+    centers = torch.randn(m, 3, generator=g, dtype=torch.float64)
+    dc = torch.randn(m, 3, generator=g, dtype=torch.float64)
+    c = _HeadConstants(k, nb, 0.07, torch.randn(k, 3, generator=g, dtype=torch.float64) * 0.3, -1.2, -3.0, 4.6, -1.4)
+    ours = _DecodeHead.apply(raw, centers, dc, c)
+    ref = _head_by_plain_ops(raw, centers, dc, c)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref]
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights)), raw, retain_graph=True)[0]
+    g_ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(ref, weights)), raw, retain_graph=True)[0]
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+    # outputs left out of the loss (None gradients) contribute nothing
+    g_part = torch.autograd.grad((ours[0] * weights[0]).sum(), raw)[0]
+    g_part_ref = torch.autograd.grad((ref[0] * weights[0]).sum(), raw)[0]
+    torch.testing.assert_close(g_part, g_part_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda r: _DecodeHead.apply(r, centers, dc, c), (raw,))

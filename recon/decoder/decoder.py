@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from recon.decoder.config import DecoderConfig
 from recon.decoder.unet import SparseUNet
@@ -31,6 +32,7 @@ from recon.init.voxels import SparseVoxels
 COLOR_FEATURES = ("r", "g", "b")
 _HEAD_INIT_STD = 1e-4  # small enough that the initial Gaussians match the seeded ones to ~1e-4
 _PATTERN_EXTENT = 0.3  # the K initial centres lie within +-0.3 voxel of the centre
+_PER_GAUSSIAN = 3 + 3 + 4 + 1 + 3  # head outputs per Gaussian: offset, log-scale, quat, opacity, SH DC
 
 
 def _halton(index: int, base: int) -> float:
@@ -104,6 +106,70 @@ def check_voxels(voxels: SparseVoxels) -> None:
         raise ValueError(f"{voxels.features.shape[0]} feature rows for {len(voxels)} voxels")
 
 
+class _HeadConstants:
+    """What turns the head's raw output into Gaussians (see the module docstring for the formulas)."""
+
+    def __init__(self, k, num_bases, offset_extent, offset_bias, scale_bias, log_scale_base, log_scale_span,
+                 opacity_bias):
+        self.k, self.num_bases = k, num_bases
+        self.offset_extent, self.offset_bias = offset_extent, offset_bias  # offset_bias (k, 3)
+        self.scale_bias, self.log_scale_base, self.log_scale_span = scale_bias, log_scale_base, log_scale_span
+        self.opacity_bias = opacity_bias
+
+
+class _DecodeHead(torch.autograd.Function):
+    """raw head output (M, K*14 + 3*(B-1)) -> means, quats, log-scales, opacity logits, SH of the M*K
+    Gaussians, with one hand-written backward that fills the gradient of `raw` in place.
+
+    Written out with slicing and torch ops, autograd would give every slice of `raw` its own
+    full-size zero-filled gradient and sum them, and rebuild the SH by concatenation: on 20k voxels
+    that bookkeeping cost as much as the rest of the head."""
+
+    @staticmethod
+    def forward(ctx, raw, centers, dc, c: _HeadConstants):
+        m, k, nb = raw.shape[0], c.k, c.num_bases
+        per = raw[:, : k * _PER_GAUSSIAN].view(m, k, _PER_GAUSSIAN)
+        t = torch.tanh(per[..., 0:3] + c.offset_bias)
+        means = torch.add(centers[:, None, :], t, alpha=c.offset_extent)
+        s = torch.sigmoid(per[..., 3:6] + c.scale_bias)
+        log_scales = s * c.log_scale_span + c.log_scale_base
+        quats = per[..., 6:10].clone()
+        quats[..., 0] += 1.0
+        opacity_logits = per[..., 10] + c.opacity_bias
+        sh = raw.new_empty(m, k, nb, 3)
+        torch.add(dc[:, None, :], per[..., 11:14], alpha=1.0 / SH_C0, out=sh[:, :, 0])
+        if nb > 1:
+            sh[:, :, 1:] = raw[:, k * _PER_GAUSSIAN:].view(m, 1, nb - 1, 3)
+        ctx.save_for_backward(t, s)
+        ctx.c, ctx.m = c, m
+        n = m * k
+        return (means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3), opacity_logits.reshape(n),
+                sh.reshape(n, nb, 3))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh):
+        t, s = ctx.saved_tensors
+        c, m = ctx.c, ctx.m
+        k, nb = c.k, c.num_bases
+        g_raw = t.new_zeros(m, k * _PER_GAUSSIAN + 3 * (nb - 1))
+        per = g_raw[:, : k * _PER_GAUSSIAN].view(m, k, _PER_GAUSSIAN)
+        if g_means is not None:
+            torch.mul(g_means.view(m, k, 3), (1.0 - t * t) * c.offset_extent, out=per[..., 0:3])
+        if g_log_scales is not None:
+            torch.mul(g_log_scales.view(m, k, 3), s * (1.0 - s) * c.log_scale_span, out=per[..., 3:6])
+        if g_quats is not None:
+            per[..., 6:10] = g_quats.view(m, k, 4)
+        if g_opacity is not None:
+            per[..., 10] = g_opacity.view(m, k)
+        if g_sh is not None:
+            g_sh = g_sh.view(m, k, nb, 3)
+            torch.mul(g_sh[:, :, 0], 1.0 / SH_C0, out=per[..., 11:14])
+            if nb > 1:
+                g_raw[:, k * _PER_GAUSSIAN:] = g_sh[:, :, 1:].sum(1).reshape(m, 3 * (nb - 1))
+        return g_raw, None, None, None
+
+
 class GaussianDecoder(nn.Module):
     """Sparse U-Net decoder: SparseVoxels -> Gaussians (K per voxel, voxel-major).
 
@@ -123,7 +189,7 @@ class GaussianDecoder(nn.Module):
         self.num_bases = num_sh_bases(sh_degree)
         # per Gaussian: offset 3, log-scale 3, quat 4, opacity 1, SH DC 3; per voxel (shared by its K
         # Gaussians: view dependence varies smoothly within a voxel, and it halves the head for degree 3)
-        self.params_per_gaussian = 3 + 3 + 4 + 1 + 3
+        self.params_per_gaussian = _PER_GAUSSIAN
         self.params_per_voxel = 3 * (self.num_bases - 1)
 
         scale, shift = self._feature_normalisation(voxels)
@@ -181,26 +247,13 @@ class GaussianDecoder(nn.Module):
         h = self.unet(voxels.coords.to(device), x, voxels.level)
         m = len(voxels)
         raw = self.head(torch.cat([h, x], dim=1))
-        per_gaussian = raw[:, : self.k * self.params_per_gaussian].view(m, self.k, self.params_per_gaussian)
-        off, log_s, quat, opa, sh_dc = per_gaussian.split([3, 3, 4, 1, 3], dim=-1)
-
         vs = float(voxels.voxel_size)
-        centers = voxels.centers().to(device)
-        means = centers[:, None, :] + (vs * self.cfg.offset_scale) * torch.tanh(off + self.offset_bias)
-        s = torch.sigmoid(log_s + self.scale_bias)
-        log_scales = math.log(vs) + self.log_scale_lo + (self.log_scale_hi - self.log_scale_lo) * s
-        quats = quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0])
-        opacity_logits = opa.squeeze(-1) + self.opacity_bias
-        # the DC output is a colour offset (raw / SH_C0): unit output = unit colour change
+        centers = voxels.centers().to(device=device, dtype=torch.float32)
         dc = rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32))
-        sh = (sh_dc / SH_C0 + dc[:, None, :])[:, :, None, :]
-        if self.num_bases > 1:
-            rest = raw[:, self.k * self.params_per_gaussian:].view(m, 1, self.num_bases - 1, 3)
-            sh = torch.cat([sh, rest.expand(m, self.k, -1, -1)], dim=2)
-
-        n = len(voxels) * self.k
-        return Gaussians(means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3),
-                         opacity_logits.reshape(n), sh.reshape(n, self.num_bases, 3))
+        const = _HeadConstants(self.k, self.num_bases, vs * self.cfg.offset_scale, self.offset_bias,
+                               self.scale_bias, math.log(vs) + self.log_scale_lo,
+                               self.log_scale_hi - self.log_scale_lo, self.opacity_bias)
+        return Gaussians(*_DecodeHead.apply(raw, centers, dc, const))
 
     def param_groups(self) -> list[dict]:
         """Adam parameter groups: the network at cfg.lr, the latents at cfg.latent_lr."""
