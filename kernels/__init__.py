@@ -1,4 +1,4 @@
-"""CPU splatting kernels: builds the C++ extension on first use and exposes its operators.
+"""CPU kernels (splatting, and the fused SSIM loss): builds the C++ extension on first use and exposes its operators.
 
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
 overrides the root), so a source change triggers exactly one rebuild and nothing is shared
@@ -21,7 +21,8 @@ from recon.errors import ReconError
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _SOURCES = (
-    "rasterize_cpu.cpp", "projection_cpu.cpp", "parallel.cpp", "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp",
+    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "parallel.cpp", "raster_tiles_generic.cpp",
+    "raster_tiles_avx2.cpp",
 )
 _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h")
 # No -march=native (the CPU running the build may not be the one running it later): the AVX2 tile

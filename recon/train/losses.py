@@ -5,6 +5,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,7 +35,34 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
 
 
+class _FusedSSIM(torch.autograd.Function):
+    """Mean SSIM of (B, H, W, C) images by the C++ kernel (recon.kernels, ssim_cpu.cpp); gradient for `a`."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        from recon.kernels import load
+
+        window = _gauss_1d(11, 1.5, a.dtype)
+        total, moments = load().ssim_forward(a, b, window)
+        ctx.save_for_backward(a, b, window, moments)
+        ctx.count = moments[:, 0].numel()
+        return (total / ctx.count).to(a.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        from recon.kernels import load
+
+        a, b, window, moments = ctx.saved_tensors
+        return load().ssim_backward(a, b, window, moments, float(grad) / ctx.count), None
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of (B, H, W, C) images: the fused CPU kernel where it applies (CPU, float, `b` a
+    constant target), else ssim_map (the pure-PyTorch reference)."""
+    if (a.device.type == "cpu" and b.device.type == "cpu" and a.dtype in (torch.float32, torch.float64)
+            and b.dtype == a.dtype and not b.requires_grad and a.dim() == 4 and min(a.shape[1:3]) >= 11):
+        return _FusedSSIM.apply(a.contiguous(), b.contiguous())
     return ssim_map(a, b).mean()
 
 
