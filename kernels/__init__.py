@@ -1,4 +1,5 @@
-"""CPU kernels (splatting, and the fused SSIM loss): builds the C++ extension on first use and exposes its operators.
+"""CPU kernels (splatting, and the fused SSIM loss): builds the C++ extension on first use and
+exposes its operators.
 
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
 overrides the root), so a source change triggers exactly one rebuild and nothing is shared
