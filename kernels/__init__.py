@@ -1,4 +1,4 @@
-"""CPU kernels (splatting, and the fused SSIM loss): builds the C++ extension on first use and
+"""CPU kernels (splatting, the fused SSIM loss, the decoder head): builds the C++ extension on first use and
 exposes its operators.
 
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
@@ -22,7 +22,7 @@ from recon.errors import ReconError
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _SOURCES = (
-    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "parallel.cpp", "raster_tiles_generic.cpp",
+    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "parallel.cpp", "raster_tiles_generic.cpp",
     "raster_tiles_avx2.cpp",
 )
 _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h")

@@ -272,9 +272,15 @@ def _head_by_plain_ops(raw, centers, dc, c):
             sh.reshape(n, nb, 3))
 
 
+@pytest.mark.parametrize("impl", ["torch", "cpu_kernel"])
 @pytest.mark.parametrize("k,degree", [(1, 0), (2, 1), (3, 3)])
-def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree):
-    from recon.decoder.decoder import _DecodeHead, _HeadConstants
+def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree, impl):
+    """_DecodeHead (torch ops, one backward; used on CUDA) and _DecodeHeadCPU (C++ kernel) against the
+    formulas written plainly."""
+    from recon.decoder import decoder as dec_module
+    from recon.decoder.decoder import _HeadConstants
+
+    _DecodeHead = dec_module._DecodeHead if impl == "torch" else dec_module._DecodeHeadCPU
 
     g = torch.Generator().manual_seed(k)
     nb = (degree + 1) ** 2
@@ -287,7 +293,7 @@ def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree):
     ref = _head_by_plain_ops(raw, centers, dc, c)
     weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref]
     for a, b in zip(ours, ref):
-        assert a.shape == b.shape
+        assert a.shape == b.shape and a.is_contiguous()
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights)), raw, retain_graph=True)[0]
     g_ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(ref, weights)), raw, retain_graph=True)[0]
@@ -297,3 +303,9 @@ def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree):
     g_part_ref = torch.autograd.grad((ref[0] * weights[0]).sum(), raw)[0]
     torch.testing.assert_close(g_part, g_part_ref, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda r: _DecodeHead.apply(r, centers, dc, c), (raw,))
+
+
+def test_decoder_uses_the_cpu_kernel_head_on_cpu(voxels):
+    torch.manual_seed(0)
+    g = GaussianDecoder(SMALL, voxels, sh_degree=1)(voxels)
+    assert "DecodeHeadCPU" in type(g.means.grad_fn).__name__

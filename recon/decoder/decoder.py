@@ -170,6 +170,36 @@ class _DecodeHead(torch.autograd.Function):
         return g_raw, None, None, None
 
 
+class _DecodeHeadCPU(torch.autograd.Function):
+    """_DecodeHead by the C++ kernel (kernels/decode_head_cpu.cpp): one pass forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, raw, centers, dc, c: _HeadConstants):
+        from recon.kernels import load
+
+        raw = raw.contiguous()
+        bias = c.offset_bias.to(raw.dtype).contiguous()
+        outs = load().decode_head_forward(raw, centers.to(raw.dtype).contiguous(), dc.to(raw.dtype).contiguous(), bias,
+                                          c.k, c.num_bases, c.offset_extent, c.scale_bias, c.log_scale_base,
+                                          c.log_scale_span, c.opacity_bias)
+        ctx.save_for_backward(raw, bias)
+        ctx.c = c
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh):
+        from recon.kernels import load
+
+        raw, bias = ctx.saved_tensors
+        c = ctx.c
+        none = raw.new_zeros(0)
+        grads = [none if g is None else g.contiguous() for g in (g_means, g_quats, g_log_scales, g_opacity, g_sh)]
+        g_raw = load().decode_head_backward(raw, bias, c.k, c.num_bases, c.offset_extent, c.scale_bias,
+                                            c.log_scale_span, *grads)
+        return g_raw, None, None, None
+
+
 class GaussianDecoder(nn.Module):
     """Sparse U-Net decoder: SparseVoxels -> Gaussians (K per voxel, voxel-major).
 
@@ -246,14 +276,19 @@ class GaussianDecoder(nn.Module):
         x = torch.cat([self.latents, feats * self.feature_scale + self.feature_shift], dim=1)
         h = self.unet(voxels.coords.to(device), x, voxels.level)
         m = len(voxels)
-        raw = self.head(torch.cat([h, x], dim=1))
+        # head(cat([h, x])) as two products into one output: the gradients of h and x come back
+        # contiguous (a cat's backward hands out narrow strided views, slow in every later op on CPU)
+        ch = h.shape[1]
+        w = self.head.weight
+        raw = torch.addmm(torch.nn.functional.linear(x, w[:, ch:], self.head.bias), h, w[:, :ch].t())
         vs = float(voxels.voxel_size)
         centers = voxels.centers().to(device=device, dtype=torch.float32)
         dc = rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32))
         const = _HeadConstants(self.k, self.num_bases, vs * self.cfg.offset_scale, self.offset_bias,
                                self.scale_bias, math.log(vs) + self.log_scale_lo,
                                self.log_scale_hi - self.log_scale_lo, self.opacity_bias)
-        return Gaussians(*_DecodeHead.apply(raw, centers, dc, const))
+        decode = _DecodeHeadCPU if raw.device.type == "cpu" else _DecodeHead
+        return Gaussians(*decode.apply(raw, centers, dc, const))
 
     def param_groups(self) -> list[dict]:
         """Adam parameter groups: the network at cfg.lr, the latents at cfg.latent_lr."""

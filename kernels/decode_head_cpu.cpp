@@ -1,0 +1,160 @@
+// The decoder head's last step on the CPU: raw per-voxel outputs (M, K*14 + 3*(B-1)) -> the M*K
+// Gaussians, and its adjoint, in one pass each. Written with torch ops the many narrow strided
+// slices (3 or 4 values per Gaussian) make every elementwise op take the slow strided path.
+// Pure-PyTorch reference: recon.decoder.decoder._DecodeHead (formulas in the module docstring):
+//   means      = centre + extent * tanh(raw_off + offset_bias_k)
+//   log_scales = base + span * sigmoid(raw_scale + scale_bias)
+//   quats      = raw_quat + (1, 0, 0, 0);  opacity_logits = raw_opacity + opacity_bias
+//   sh[:, 0]   = dc + raw_dc / SH_C0;       sh[:, 1:] = the voxel's shared raw rest (all K alike)
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "parallel.h"
+
+namespace splat {
+namespace {
+
+using at::Tensor;
+constexpr int kPer = 14;  // per Gaussian: offset 3, log-scale 3, quat 4, opacity 1, SH DC 3
+constexpr double kShC0 = 0.28209479177387814;
+
+struct HeadShape {
+  int64_t m, k, nb, width;
+};
+
+HeadShape head_shape(const Tensor& raw, int64_t k, int64_t nb) {
+  TORCH_CHECK(raw.device().is_cpu() && raw.dim() == 2 && raw.is_contiguous(),
+              "decode_head: raw must be a contiguous CPU (M, P) tensor");
+  TORCH_CHECK(k >= 1 && nb >= 1, "decode_head: K and the SH basis count must be positive");
+  HeadShape s{raw.size(0), k, nb, raw.size(1)};
+  TORCH_CHECK(s.width == k * kPer + 3 * (nb - 1), "decode_head: raw has ", s.width, " columns, expected ",
+              k * kPer + 3 * (nb - 1));
+  return s;
+}
+
+void check_rows(const Tensor& t, const Tensor& raw, int64_t rows, int64_t cols, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == raw.scalar_type() &&
+                  t.numel() == rows * cols,
+              "decode_head: ", name, " must be a contiguous CPU tensor of ", rows, " x ", cols, " like raw");
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> decode_head_forward(
+    const Tensor& raw, const Tensor& centers, const Tensor& dc, const Tensor& offset_bias, int64_t k, int64_t nb,
+    double offset_extent, double scale_bias, double log_scale_base, double log_scale_span, double opacity_bias) {
+  const HeadShape s = head_shape(raw, k, nb);
+  check_rows(centers, raw, s.m, 3, "centers");
+  check_rows(dc, raw, s.m, 3, "dc");
+  check_rows(offset_bias, raw, k, 3, "offset_bias");
+  const int64_t n = s.m * k;
+  auto opts = raw.options();
+  Tensor means = at::empty({n, 3}, opts), quats = at::empty({n, 4}, opts), log_scales = at::empty({n, 3}, opts);
+  Tensor opacity = at::empty({n}, opts), sh = at::empty({n, nb, 3}, opts);
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "decode_head_forward", [&] {
+    using T = scalar_t;
+    const T* r = raw.data_ptr<T>();
+    const T* cen = centers.data_ptr<T>();
+    const T* d = dc.data_ptr<T>();
+    const T* ob = offset_bias.data_ptr<T>();
+    T* pm = means.data_ptr<T>();
+    T* pq = quats.data_ptr<T>();
+    T* ps = log_scales.data_ptr<T>();
+    T* po = opacity.data_ptr<T>();
+    T* psh = sh.data_ptr<T>();
+    const T ext = static_cast<T>(offset_extent), sb = static_cast<T>(scale_bias);
+    const T base = static_cast<T>(log_scale_base), span = static_cast<T>(log_scale_span);
+    const T obias = static_cast<T>(opacity_bias), inv_c0 = static_cast<T>(1.0 / kShC0);
+    parallel_run(s.m, 2048, [&](int64_t vb, int64_t ve, int) {
+      for (int64_t v = vb; v < ve; ++v) {
+        const T* rv = r + v * s.width;
+        const T* rest = rv + k * kPer;
+        for (int64_t j = 0; j < k; ++j) {
+          const T* p = rv + j * kPer;
+          const int64_t g = v * k + j;
+          for (int i = 0; i < 3; ++i) {
+            pm[3 * g + i] = cen[3 * v + i] + ext * std::tanh(p[i] + ob[3 * j + i]);
+            ps[3 * g + i] = base + span / (T(1) + std::exp(-(p[3 + i] + sb)));
+          }
+          pq[4 * g] = p[6] + T(1);
+          for (int i = 1; i < 4; ++i) pq[4 * g + i] = p[6 + i];
+          po[g] = p[10] + obias;
+          T* shg = psh + g * nb * 3;
+          for (int i = 0; i < 3; ++i) shg[i] = d[3 * v + i] + p[11 + i] * inv_c0;
+          for (int64_t q = 0; q < 3 * (nb - 1); ++q) shg[3 + q] = rest[q];
+        }
+      }
+    });
+  });
+  return {means, quats, log_scales, opacity, sh};
+}
+
+// Gradient of raw from the outputs' gradients (an empty tensor stands for a zero gradient).
+Tensor decode_head_backward(const Tensor& raw, const Tensor& offset_bias, int64_t k, int64_t nb,
+                            double offset_extent, double scale_bias, double log_scale_span, const Tensor& g_means,
+                            const Tensor& g_quats, const Tensor& g_log_scales, const Tensor& g_opacity,
+                            const Tensor& g_sh) {
+  const HeadShape s = head_shape(raw, k, nb);
+  const int64_t n = s.m * k;
+  check_rows(offset_bias, raw, k, 3, "offset_bias");
+  const bool has_m = g_means.numel() > 0, has_q = g_quats.numel() > 0, has_s = g_log_scales.numel() > 0;
+  const bool has_o = g_opacity.numel() > 0, has_sh = g_sh.numel() > 0;
+  if (has_m) check_rows(g_means, raw, n, 3, "grad of means");
+  if (has_q) check_rows(g_quats, raw, n, 4, "grad of quats");
+  if (has_s) check_rows(g_log_scales, raw, n, 3, "grad of log_scales");
+  if (has_o) check_rows(g_opacity, raw, n, 1, "grad of opacity_logits");
+  if (has_sh) check_rows(g_sh, raw, n, nb * 3, "grad of sh");
+  Tensor g_raw = at::empty_like(raw);
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "decode_head_backward", [&] {
+    using T = scalar_t;
+    const T* r = raw.data_ptr<T>();
+    const T* ob = offset_bias.data_ptr<T>();
+    const T* gm = has_m ? g_means.data_ptr<T>() : nullptr;
+    const T* gq = has_q ? g_quats.data_ptr<T>() : nullptr;
+    const T* gs = has_s ? g_log_scales.data_ptr<T>() : nullptr;
+    const T* go = has_o ? g_opacity.data_ptr<T>() : nullptr;
+    const T* gsh = has_sh ? g_sh.data_ptr<T>() : nullptr;
+    T* out = g_raw.data_ptr<T>();
+    const T ext = static_cast<T>(offset_extent), sb = static_cast<T>(scale_bias);
+    const T span = static_cast<T>(log_scale_span), inv_c0 = static_cast<T>(1.0 / kShC0);
+    parallel_run(s.m, 2048, [&](int64_t vb, int64_t ve, int) {
+      for (int64_t v = vb; v < ve; ++v) {
+        const T* rv = r + v * s.width;
+        T* ov = out + v * s.width;
+        T* orest = ov + k * kPer;
+        for (int64_t q = 0; q < 3 * (nb - 1); ++q) orest[q] = T(0);
+        for (int64_t j = 0; j < k; ++j) {
+          const T* p = rv + j * kPer;
+          T* o = ov + j * kPer;
+          const int64_t g = v * k + j;
+          for (int i = 0; i < 3; ++i) {
+            const T t = std::tanh(p[i] + ob[3 * j + i]);
+            o[i] = has_m ? gm[3 * g + i] * ext * (T(1) - t * t) : T(0);
+            const T sg = T(1) / (T(1) + std::exp(-(p[3 + i] + sb)));
+            o[3 + i] = has_s ? gs[3 * g + i] * span * sg * (T(1) - sg) : T(0);
+          }
+          for (int i = 0; i < 4; ++i) o[6 + i] = has_q ? gq[4 * g + i] : T(0);
+          o[10] = has_o ? go[g] : T(0);
+          const T* gshg = has_sh ? gsh + g * nb * 3 : nullptr;
+          for (int i = 0; i < 3; ++i) o[11 + i] = has_sh ? gshg[i] * inv_c0 : T(0);
+          if (has_sh)
+            for (int64_t q = 0; q < 3 * (nb - 1); ++q) orest[q] += gshg[3 + q];
+        }
+      }
+    });
+  });
+  return g_raw;
+}
+
+}  // namespace splat
+
+TORCH_LIBRARY_FRAGMENT(recon_splat, m) {
+  m.def("decode_head_forward", &splat::decode_head_forward);
+  m.def("decode_head_backward", &splat::decode_head_backward);
+}
