@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; medians of {args.runs} runs")
-    print("| threads | size | fused fwd ms | fused fwd+bwd ms | reference fwd ms | reference fwd+bwd ms | speed-up fwd+bwd |")
+    print("| threads | size | fused fwd ms | fused fwd+bwd ms | reference fwd ms | reference fwd+bwd ms "
+          "| speed-up fwd+bwd |")
     print("|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)

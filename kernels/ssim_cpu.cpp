@@ -12,7 +12,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -205,7 +204,7 @@ Tensor ssim_backward(const Tensor& a, const Tensor& b, const Tensor& window, con
       }
     });
     // transposed blur: along y (each input row gathers the windows that cover it), then along x
-    // (rows padded by K-1 zeros on both sides), then combine with a and b
+    // (rows padded by K-1 pixels of zeros on both sides), then combine with a and b
     parallel_run(g.B * g.H, 8, [&](int64_t rb, int64_t re, int) {
       const int64_t pad = (g.K - 1) * g.C;
       std::vector<T> col(static_cast<size_t>(3 * (g.row_out + 2 * pad)));
@@ -233,7 +232,8 @@ Tensor ssim_backward(const Tensor& a, const Tensor& b, const Tensor& window, con
         const T* t0 = acc.data();
         const T* t1 = t0 + g.row_in;
         const T* t2 = t1 + g.row_in;
-        for (int64_t j = 0; j < g.row_in; ++j) ga[base + j] = t0[j] + T(2) * ap[base + j] * t1[j] + bp[base + j] * t2[j];
+        for (int64_t j = 0; j < g.row_in; ++j)
+          ga[base + j] = t0[j] + T(2) * ap[base + j] * t1[j] + bp[base + j] * t2[j];
       }
     });
   });
