@@ -92,11 +92,13 @@ SSIM_CLONES void ssim_grad_row(const T* __restrict__ m, int64_t stride, T scale,
     const T sab = m[4 * stride + j] - mu_a * mu_b;
     const T A1 = T(2) * mu_a * mu_b + c1, A2 = T(2) * sab + c2;
     const T B1 = mu_a * mu_a + mu_b * mu_b + c1, B2 = saa + sbb + c2;
-    const T s = scale * (A1 * A2) / (B1 * B2);
+    // divide only by B1 >= c1 and B2 (~c2 at least): A1 or A2 may be exactly 0
+    const T q = scale / (B1 * B2);
+    const T s = q * A1 * A2;
     // through mu_a directly and through the variances it enters
-    d_mu[j] = s * (T(2) * mu_b / A1 - T(2) * mu_b / A2 - T(2) * mu_a / B1 + T(2) * mu_a / B2);
+    d_mu[j] = q * T(2) * mu_b * (A2 - A1) + s * T(2) * mu_a * (T(1) / B2 - T(1) / B1);
     d_aa[j] = -s / B2;
-    d_ab[j] = T(2) * s / A2;
+    d_ab[j] = T(2) * q * A1;
   }
 }
 
@@ -181,7 +183,8 @@ Tensor ssim_backward(const Tensor& a, const Tensor& b, const Tensor& window, con
                      double grad_sum) {
   check(a, b, window);
   const Geometry g = geometry(a, window);
-  TORCH_CHECK(moments.is_contiguous() && moments.numel() == g.B * kMoments * g.Ho * g.row_out,
+  TORCH_CHECK(moments.device().is_cpu() && moments.scalar_type() == a.scalar_type() && moments.is_contiguous() &&
+                  moments.numel() == g.B * kMoments * g.Ho * g.row_out,
               "ssim_backward: moments do not match the images");
   Tensor grad_a = at::empty_like(a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "ssim_backward", [&] {

@@ -15,7 +15,9 @@ def _pair(shape, dtype, seed=0):
     return a.requires_grad_(True), b
 
 
-@pytest.mark.parametrize("shape", [(1, 40, 37, 3), (2, 23, 31, 3), (1, 11, 11, 1), (3, 12, 50, 4)])
+# heights past 42 put windows in a second 32-row band of the kernel's forward
+@pytest.mark.parametrize("shape", [(1, 40, 37, 3), (2, 23, 31, 3), (1, 11, 11, 1), (3, 12, 50, 4), (2, 75, 20, 3),
+                                   (1, 90, 45, 3)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_fused_ssim_value_and_gradient_match_reference(shape, dtype, tol):
     a, b = _pair(shape, dtype)
@@ -56,6 +58,12 @@ def test_fused_ssim_same_result_on_one_and_two_threads():
         torch.set_num_threads(threads)
     assert float(v1.detach()) == float(v2.detach())
     assert torch.equal(g1, g2)
+
+
+def test_broadcast_target_uses_the_reference():
+    a, _ = _pair((2, 16, 16, 3), torch.float32)
+    b = torch.rand(1, 16, 16, 3)
+    torch.testing.assert_close(losses.ssim(a, b), losses.ssim_map(a, b).mean())
 
 
 def test_target_with_gradient_uses_the_reference_for_both():

@@ -142,6 +142,7 @@ class _DecodeHead(torch.autograd.Function):
             sh[:, :, 1:] = raw[:, k * _PER_GAUSSIAN:].view(m, 1, nb - 1, 3)
         ctx.save_for_backward(t, s)
         ctx.c, ctx.m = c, m
+        ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
         n = m * k
         return (means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3), opacity_logits.reshape(n),
                 sh.reshape(n, nb, 3))
@@ -184,6 +185,7 @@ class _DecodeHeadCPU(torch.autograd.Function):
                                           c.log_scale_span, c.opacity_bias)
         ctx.save_for_backward(raw, bias)
         ctx.c = c
+        ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
         return outs
 
     @staticmethod

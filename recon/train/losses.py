@@ -36,7 +36,8 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedSSIM(torch.autograd.Function):
-    """Mean SSIM of (B, H, W, C) images by the C++ kernel (recon.kernels, ssim_cpu.cpp); gradient for `a`."""
+    """Mean SSIM of (B, H, W, C) images by the C++ kernel (recon.kernels, ssim_cpu.cpp); gradient for `a`
+    (first order only: training never differentiates the loss twice)."""
 
     @staticmethod
     def forward(ctx, a, b):
@@ -61,7 +62,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of (B, H, W, C) images: the fused CPU kernel where it applies (CPU, float, `b` a
     constant target), else ssim_map (the pure-PyTorch reference)."""
     if (a.device.type == "cpu" and b.device.type == "cpu" and a.dtype in (torch.float32, torch.float64)
-            and b.dtype == a.dtype and not b.requires_grad and a.dim() == 4 and min(a.shape[1:3]) >= 11):
+            and b.dtype == a.dtype and not b.requires_grad and a.dim() == 4 and a.shape == b.shape
+            and min(a.shape[1:3]) >= 11):
         return _FusedSSIM.apply(a.contiguous(), b.contiguous())
     return ssim_map(a, b).mean()
 
