@@ -66,17 +66,34 @@ SSIM_CLONES void axpy(T* __restrict__ out, const T* __restrict__ in, T w, int64_
   for (int64_t j = 0; j < n; ++j) out[j] += w * in[j];
 }
 
-// SSIM of each window of one row, from the five moment planes (`stride` apart).
+// One window's SSIM = (A1 A2) / (B1 B2) from the five moment planes (`stride` apart).
+template <typename T>
+struct Window {
+  T mu_a, mu_b, A1, A2, B1, B2;
+};
+
+template <typename T>
+inline Window<T> window_terms(const T* __restrict__ m, int64_t stride, int64_t j) {
+  constexpr T c1 = T(0.01 * 0.01), c2 = T(0.03 * 0.03);
+  Window<T> w;
+  w.mu_a = m[j];
+  w.mu_b = m[stride + j];
+  const T saa = m[2 * stride + j] - w.mu_a * w.mu_a;
+  const T sbb = m[3 * stride + j] - w.mu_b * w.mu_b;
+  const T sab = m[4 * stride + j] - w.mu_a * w.mu_b;
+  w.A1 = T(2) * w.mu_a * w.mu_b + c1;
+  w.A2 = T(2) * sab + c2;
+  w.B1 = w.mu_a * w.mu_a + w.mu_b * w.mu_b + c1;
+  w.B2 = saa + sbb + c2;
+  return w;
+}
+
+// SSIM of each window of one row.
 template <typename T>
 SSIM_CLONES void ssim_row(const T* __restrict__ m, int64_t stride, T* __restrict__ out, int64_t n) {
-  constexpr T c1 = T(0.01 * 0.01), c2 = T(0.03 * 0.03);
   for (int64_t j = 0; j < n; ++j) {
-    const T mu_a = m[j], mu_b = m[stride + j];
-    const T saa = m[2 * stride + j] - mu_a * mu_a;
-    const T sbb = m[3 * stride + j] - mu_b * mu_b;
-    const T sab = m[4 * stride + j] - mu_a * mu_b;
-    out[j] = ((T(2) * mu_a * mu_b + c1) * (T(2) * sab + c2)) /
-             ((mu_a * mu_a + mu_b * mu_b + c1) * (saa + sbb + c2));
+    const Window<T> w = window_terms(m, stride, j);
+    out[j] = (w.A1 * w.A2) / (w.B1 * w.B2);
   }
 }
 
@@ -84,21 +101,15 @@ SSIM_CLONES void ssim_row(const T* __restrict__ m, int64_t stride, T* __restrict
 template <typename T>
 SSIM_CLONES void ssim_grad_row(const T* __restrict__ m, int64_t stride, T scale, T* __restrict__ d_mu,
                                T* __restrict__ d_aa, T* __restrict__ d_ab, int64_t n) {
-  constexpr T c1 = T(0.01 * 0.01), c2 = T(0.03 * 0.03);
   for (int64_t j = 0; j < n; ++j) {
-    const T mu_a = m[j], mu_b = m[stride + j];
-    const T saa = m[2 * stride + j] - mu_a * mu_a;
-    const T sbb = m[3 * stride + j] - mu_b * mu_b;
-    const T sab = m[4 * stride + j] - mu_a * mu_b;
-    const T A1 = T(2) * mu_a * mu_b + c1, A2 = T(2) * sab + c2;
-    const T B1 = mu_a * mu_a + mu_b * mu_b + c1, B2 = saa + sbb + c2;
+    const Window<T> w = window_terms(m, stride, j);
     // divide only by B1 >= c1 and B2 (~c2 at least): A1 or A2 may be exactly 0
-    const T q = scale / (B1 * B2);
-    const T s = q * A1 * A2;
+    const T q = scale / (w.B1 * w.B2);
+    const T s = q * w.A1 * w.A2;
     // through mu_a directly and through the variances it enters
-    d_mu[j] = q * T(2) * mu_b * (A2 - A1) + s * T(2) * mu_a * (T(1) / B2 - T(1) / B1);
-    d_aa[j] = -s / B2;
-    d_ab[j] = T(2) * q * A1;
+    d_mu[j] = q * T(2) * w.mu_b * (w.A2 - w.A1) + s * T(2) * w.mu_a * (T(1) / w.B2 - T(1) / w.B1);
+    d_aa[j] = -s / w.B2;
+    d_ab[j] = T(2) * q * w.A1;
   }
 }
 
