@@ -54,7 +54,7 @@ void check(const Tensor& a, const Tensor& b, const Tensor& window) {
 }
 
 // The inner loops, built twice (AVX2+FMA and baseline) and picked at load time by the CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12  // x86-64-v3 clones: GCC 12+
 #define SSIM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SSIM_CLONES
