@@ -22,8 +22,8 @@ from recon.errors import ReconError
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _SOURCES = (
-    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "parallel.cpp", "raster_tiles_generic.cpp",
-    "raster_tiles_avx2.cpp",
+    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "parallel.cpp",
+    "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp",
 )
 _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h")
 # No -march=native (the CPU running the build may not be the one running it later): the AVX2 tile

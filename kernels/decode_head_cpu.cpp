@@ -14,7 +14,6 @@
 #include <ATen/ops/tanh.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <tuple>
 
 #include "parallel.h"

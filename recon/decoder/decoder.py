@@ -180,9 +180,9 @@ class _DecodeHeadCPU(torch.autograd.Function):
 
         raw = raw.contiguous()
         bias = c.offset_bias.to(raw.dtype).contiguous()
-        outs = load().decode_head_forward(raw, centers.to(raw.dtype).contiguous(), dc.to(raw.dtype).contiguous(), bias,
-                                          c.k, c.num_bases, c.offset_extent, c.scale_bias, c.log_scale_base,
-                                          c.log_scale_span, c.opacity_bias)
+        centers, dc = centers.to(raw.dtype).contiguous(), dc.to(raw.dtype).contiguous()
+        outs = load().decode_head_forward(raw, centers, dc, bias, c.k, c.num_bases, c.offset_extent, c.scale_bias,
+                                          c.log_scale_base, c.log_scale_span, c.opacity_bias)
         ctx.save_for_backward(raw, bias)
         ctx.c = c
         ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
