@@ -174,6 +174,7 @@ inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2])
 struct TileCoords {
   int64_t image;
   int x0, y0;
+  int w_in, h_in;  // pixels of the tile inside the image (fewer than kTile at the right/bottom border)
   int32_t start, end;
 };
 
@@ -185,6 +186,8 @@ inline TileCoords tile_coords(const TileData<T>& d, int64_t tile_index) {
   c.image = tile_index / tiles_per_image;
   c.x0 = (tile_in_image % d.tiles_x) * kTile;
   c.y0 = (tile_in_image / d.tiles_x) * kTile;
+  c.w_in = d.width - c.x0 < kTile ? d.width - c.x0 : kTile;
+  c.h_in = d.height - c.y0 < kTile ? d.height - c.y0 : kTile;
   c.start = d.tile_offsets[tile_index];
   c.end = d.tile_offsets[tile_index + 1];
   return c;
@@ -220,8 +223,7 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
   alignas(64) T row_y[kTile];
 
   // pixels past the image border start finished so they never accumulate
-  const int w_in = d.width - x0 < kTile ? d.width - x0 : kTile;
-  const int h_in = d.height - y0 < kTile ? d.height - y0 : kTile;
+  const int w_in = tc.w_in, h_in = tc.h_in;
   for (int r = 0; r < kTile; ++r)
     for (int i = 0; i < kTile; ++i) trans[r * kTile + i] = (r < h_in && i < w_in) ? T(1) : T(0);
   for (int p = 0; p < kTilePixels; ++p) {
@@ -339,8 +341,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   T bg[CD];
   for (int c = 0; c < CD; ++c) bg[c] = d.backgrounds ? d.backgrounds[tc.image * CD + c] : T(0);
   // pixels past the image border: T = 1, no gradient, and no list entry in range
-  const int w_in = d.width - x0 < kTile ? d.width - x0 : kTile;
-  const int h_in = d.height - y0 < kTile ? d.height - y0 : kTile;
+  const int w_in = tc.w_in, h_in = tc.h_in;
   if (w_in < kTile || h_in < kTile) {
     for (int p = 0; p < kTilePixels; ++p) {
       trans[p] = T(1);

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Gaussian window of the SSIM (as in 3DGS)
+
+
 @functools.lru_cache(maxsize=8)
 def _gauss_1d(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -15,7 +18,7 @@ def _gauss_1d(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
     return (g / g.sum()).to(dtype)
 
 
-def _blur(x: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _blur(x: torch.Tensor, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), 'valid' padding like the reference SSIM."""
     g = _gauss_1d(size, sigma, x.dtype).to(x.device)
     c = x.shape[1]
@@ -43,7 +46,7 @@ class _FusedSSIM(torch.autograd.Function):
     def forward(ctx, a, b):
         from recon.kernels import load
 
-        window = _gauss_1d(11, 1.5, a.dtype)
+        window = _gauss_1d(SSIM_WINDOW, SSIM_SIGMA, a.dtype)
         total, moments = load().ssim_forward(a, b, window)
         ctx.save_for_backward(a, b, window, moments)
         ctx.count = moments[:, 0].numel()
@@ -63,7 +66,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     constant target), else ssim_map (the pure-PyTorch reference)."""
     if (a.device.type == "cpu" and b.device.type == "cpu" and a.dtype in (torch.float32, torch.float64)
             and b.dtype == a.dtype and not b.requires_grad and a.dim() == 4 and a.shape == b.shape
-            and min(a.shape[1:3]) >= 11):
+            and min(a.shape[1:3]) >= SSIM_WINDOW):
         return _FusedSSIM.apply(a.contiguous(), b.contiguous())
     return ssim_map(a, b).mean()
 
@@ -76,6 +79,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2) -> torch.Tensor:
     """(1 - w) * L1 + w * (1 - SSIM), on (B, H, W, 3)."""
     l1 = (render - target).abs().mean()
-    if ssim_weight <= 0 or min(render.shape[1:3]) < 11:
+    if ssim_weight <= 0 or min(render.shape[1:3]) < SSIM_WINDOW:
         return l1
     return (1 - ssim_weight) * l1 + ssim_weight * (1 - ssim(render, target))
