@@ -243,7 +243,7 @@ void project_forward_impl(const Tensor& means, const Tensor& quats, const Tensor
   T* cn = conics.data_ptr<T>();
   T* colp = use_sh ? colors.data_ptr<T>() : nullptr;
 
-  parallel_run(C * N, 8192, [&](int64_t begin, int64_t end, int) {
+  parallel_run(C * N, 1024, [&](int64_t begin, int64_t end, int) {
     T basis[16];
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t c = idx / N, g = idx % N;
@@ -303,7 +303,7 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
   T* gsh = use_sh ? v_sh.data_ptr<T>() : nullptr;
 
   // one Gaussian per iteration, cameras inside: every write goes to this Gaussian's own slots
-  parallel_run(N, 4096, [&](int64_t begin, int64_t end, int) {
+  parallel_run(N, 1024, [&](int64_t begin, int64_t end, int) {
     T basis[16];
     T dbasis[16][3];
     for (int64_t g = begin; g < end; ++g) {

@@ -51,23 +51,38 @@ inline V splat_v(T s) {
 
 // exp for float lanes: Cephes-style range reduction plus a degree-6 polynomial, ~1 ulp on
 // [-87, 88]. Callers clamp the input at -87; inputs above 88 only occur where sigma < 0, a lane
-// that is masked out whatever this returns.
+// that is masked out whatever this returns. The polynomial is evaluated in Estrin's form: the
+// compositing loops are bound by this dependency chain (the out-of-order window holds only two
+// or three cells), so a shorter chain is worth the extra multiply.
 inline Lanes<float>::V exp_v(Lanes<float>::V x) {
   typedef Lanes<float>::V V;
   typedef Lanes<float>::Mask I;
+#if defined(SPLAT_X86_INTRINSICS)
+  __m256 fx_r;
+  {
+    const V fx = x * 1.44269504088896341f;
+    __m256 v;
+    __builtin_memcpy(&v, &fx, 32);
+    fx_r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  V n;
+  __builtin_memcpy(&n, &fx_r, 32);
+  const I ni = __builtin_convertvector(n, I);
+#else
   const V fx = x * 1.44269504088896341f;
   // round to nearest by truncating a positive number (fx >= -126 here)
   const I ni = __builtin_convertvector(fx + 128.5f, I) - 128;
   const V n = __builtin_convertvector(ni, V);
+#endif
   V r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  V p = splat_v<V>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const V y = p * r * r + r + 1.0f;
+  const V r2 = r * r;
+  const V p54 = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  const V p32 = r * 8.3334519073e-3f + 4.1665795894e-2f;
+  const V p10 = r * 1.6666665459e-1f + 5.0000001201e-1f;
+  const V r4 = r2 * r2;
+  const V p = p54 * r4 + (p32 * r2 + p10);
+  const V y = p * r2 + (r + 1.0f);
   const I bits = (ni + 127) << 23;
   V scale;
   __builtin_memcpy(&scale, &bits, sizeof(V));
@@ -99,6 +114,22 @@ inline Lanes<double>::V sqrt_v(Lanes<double>::V x) {
   for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrt(x[i]);
   return r;
 }
+
+// Lane-wise min(a, b) (b where a is NaN); one instruction instead of a compare and a blend.
+inline Lanes<float>::V min_v(Lanes<float>::V a, Lanes<float>::V b) {
+#if defined(SPLAT_X86_INTRINSICS)
+  __m256 x, y;
+  __builtin_memcpy(&x, &a, 32);
+  __builtin_memcpy(&y, &b, 32);
+  x = _mm256_min_ps(x, y);
+  __builtin_memcpy(&a, &x, 32);
+  return a;
+#else
+  return a < b ? a : b;
+#endif
+}
+
+inline Lanes<double>::V min_v(Lanes<double>::V a, Lanes<double>::V b) { return a < b ? a : b; }
 
 template <typename T>
 inline T hsum(const typename Lanes<T>::V& v) {
@@ -168,6 +199,15 @@ inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2])
     const Mask right = reachable & (lo <= T(kTile - 1)) & (hi >= T(kLanes));
     cells[0] |= lane_bits(left) << (half * kLanes);
     cells[1] |= lane_bits(right) << (half * kLanes);
+  }
+}
+
+// Per-row terms of sigma for one splat: 0.5 c dy^2 and b dy.
+template <typename T>
+inline void row_terms(const T (&row_dy)[kTile], T cb, T cc, T (&s_rows)[kTile], T (&b_rows)[kTile]) {
+  for (int i = 0; i < kTile; ++i) {
+    s_rows[i] = T(0.5) * cc * row_dy[i] * row_dy[i];
+    b_rows[i] = cb * row_dy[i];
   }
 }
 
@@ -253,50 +293,48 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     local_record(s, x0, local);
     uint32_t cells[2];
     splat_cells(local, row_dy, cells);
-    uint32_t rows = cells[0] | cells[1];
-    if (!rows) continue;
+    // bits 0-15: left half-rows, 16-31: right ones; one loop over them, so the only
+    // data-dependent branch per cell is the loop's own (cells are disjoint pixels: any order)
+    uint32_t todo = cells[0] | (cells[1] << kTile);
+    if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
     T col[CD];
     for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
     const T half_a = T(0.5) * ca;
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
+    alignas(64) T s_rows[kTile], b_rows[kTile];
+    row_terms(row_dy, cb, cc, s_rows, b_rows);
 
-    while (rows) {
-      const int row = __builtin_ctz(rows);
-      rows &= rows - 1;
-      const T dy = row_dy[row];
-      const T s_row = T(0.5) * cc * dy * dy;
-      const T b_row = cb * dy;
-      for (int h = 0; h < 2; ++h) {
-        if (!((cells[h] >> row) & 1u)) continue;
-        const int base = row * kTile + h * kLanes;
-        const V dx = dx_half[h];
-        const V sigma = half_a * dx * dx + b_row * dx + s_row;
-        V neg = -sigma;
-        neg = neg < exp_floor ? exp_floor : neg;
-        V alpha = op * exp_v(neg);
-        alpha = alpha < alpha_max ? alpha : alpha_max;
-        const Mask ok = (sigma >= zero) & (alpha >= alpha_min);
-        alpha = ok ? alpha : zero;
-        const V t_cur = load<V>(trans + base);
-        V t_next = t_cur * (T(1) - alpha);
-        V w = alpha * t_cur;
-        const Mask stop = (t_next <= t_min) & (t_cur > zero);
-        const uint32_t stop_bits = lane_bits(stop);
-        if (__builtin_expect(stop_bits != 0, 0)) {
-          // the splat that would take T to 1e-4 is left out and the pixel is finished
-          for (int i = 0; i < kLanes; ++i) {
-            if (!((stop_bits >> i) & 1u)) continue;
-            trans_done[base + i] = t_cur[i];
-            stop_at[base + i] = k;
-          }
-          w = stop ? zero : w;
-          t_next = stop ? zero : t_next;
+    while (todo) {
+      const int cell = __builtin_ctz(todo);
+      todo &= todo - 1;
+      const int row = cell & (kTile - 1), h = cell >> 4;
+      const int base = row * kTile + h * kLanes;
+      const V dx = dx_half[h];
+      const V sigma = half_a * dx * dx + b_rows[row] * dx + s_rows[row];
+      V neg = -sigma;
+      neg = neg < exp_floor ? exp_floor : neg;
+      V alpha = min_v(op * exp_v(neg), alpha_max);
+      const Mask ok = (sigma >= zero) & (alpha >= alpha_min);
+      alpha = ok ? alpha : zero;
+      const V t_cur = load<V>(trans + base);
+      V t_next = t_cur * (T(1) - alpha);
+      V w = alpha * t_cur;
+      const Mask stop = (t_next <= t_min) & (t_cur > zero);
+      const uint32_t stop_bits = lane_bits(stop);
+      if (__builtin_expect(stop_bits != 0, 0)) {
+        // the splat that would take T to 1e-4 is left out and the pixel is finished
+        for (int i = 0; i < kLanes; ++i) {
+          if (!((stop_bits >> i) & 1u)) continue;
+          trans_done[base + i] = t_cur[i];
+          stop_at[base + i] = k;
         }
-        for (int c = 0; c < CD; ++c) store(acc[c] + base, load<V>(acc[c] + base) + w * col[c]);
-        store(trans + base, t_next);
+        w = stop ? zero : w;
+        t_next = stop ? zero : t_next;
       }
+      for (int c = 0; c < CD; ++c) store(acc[c] + base, load<V>(acc[c] + base) + w * col[c]);
+      store(trans + base, t_next);
     }
     // stop early once every pixel of the tile is finished
     if (((k - tc.start) & 15) == 15) {
@@ -399,8 +437,8 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     local_record(s, x0, local);
     uint32_t cells[2];
     splat_cells(local, row_dy, cells);
-    uint32_t rows = cells[0] | cells[1];
-    if (!rows) continue;
+    uint32_t todo = cells[0] | (cells[1] << kTile);  // as in fwd_tile
+    if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
     T col[CD];
@@ -408,59 +446,57 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     const T half_a = T(0.5) * ca;
     const IndexV k_vec = IndexV{} + k;
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
+    alignas(64) T s_rows[kTile], b_rows[kTile];
+    row_terms(row_dy, cb, cc, s_rows, b_rows);
 
     // acc: mean x/y, conic a/b/c, opacity, |mean x|, |mean y| (grad:: order); acc_col: colours
     V acc[8], acc_col[8];
     for (int i = 0; i < 8; ++i) acc[i] = acc_col[i] = zero;
 
-    while (rows) {
-      const int row = __builtin_ctz(rows);
-      rows &= rows - 1;
+    while (todo) {
+      const int cell = __builtin_ctz(todo);
+      todo &= todo - 1;
+      const int row = cell & (kTile - 1), h = cell >> 4;
       const T dy = row_dy[row];
-      const T s_row = T(0.5) * cc * dy * dy;
-      const T b_row = cb * dy;
-      for (int h = 0; h < 2; ++h) {
-        if (!((cells[h] >> row) & 1u)) continue;
-        const int base = row * kTile + h * kLanes;
-        const V dx = dx_half[h];
-        const V sigma = half_a * dx * dx + b_row * dx + s_row;
-        V neg = -sigma;
-        neg = neg < exp_floor ? exp_floor : neg;
-        const V vis = exp_v(neg);
-        const V op_vis = op * vis;
-        const V alpha = op_vis < alpha_max ? op_vis : alpha_max;
-        const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
-        const Mask ok = __builtin_convertvector(in_range, Mask) & (sigma >= zero) & (alpha >= alpha_min);
-        // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
-        const V a_ok = ok ? alpha : zero;
-        const V ra = one / (one - a_ok);
-        const V t_here = load<V>(trans + base) * ra;
-        const V fac = a_ok * t_here;
-        // dL/dalpha = sum_c (col_c T - behind_c / (1 - alpha)) v_c + T_final (v_alpha - bg . v) / (1 - alpha)
-        V col_dot = zero;
-        for (int c = 0; c < CD; ++c) {
-          const V vp = load<V>(v_pix[c] + base);
-          acc_col[c] += fac * vp;
-          col_dot += col[c] * vp;
-        }
-        const V bh = load<V>(behind + base);
-        const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
-        store(behind + base, bh + fac * col_dot);
-        // the 0.999 clamp blocks the gradient to opacity and shape
-        const Mask live = ok & (op_vis <= alpha_max);
-        const V v_sigma = live ? -op_vis * v_alpha : zero;
-        const V gx = v_sigma * (ca * dx + cb * dy);
-        const V gy = v_sigma * (cb * dx + cc * dy);
-        acc[grad::kMeanX] += gx;
-        acc[grad::kMeanY] += gy;
-        acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
-        acc[grad::kConicB] += v_sigma * dx * dy;
-        acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
-        acc[grad::kOpacity] += live ? vis * v_alpha : zero;
-        acc[grad::kAbsX] += gx < zero ? -gx : gx;
-        acc[grad::kAbsY] += gy < zero ? -gy : gy;
-        store(trans + base, t_here);
+      const int base = row * kTile + h * kLanes;
+      const V dx = dx_half[h];
+      const V sigma = half_a * dx * dx + b_rows[row] * dx + s_rows[row];
+      V neg = -sigma;
+      neg = neg < exp_floor ? exp_floor : neg;
+      const V vis = exp_v(neg);
+      const V op_vis = op * vis;
+      const V alpha = min_v(op_vis, alpha_max);
+      const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
+      const Mask ok = __builtin_convertvector(in_range, Mask) & (sigma >= zero) & (alpha >= alpha_min);
+      // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
+      const V a_ok = ok ? alpha : zero;
+      const V ra = one / (one - a_ok);
+      const V t_here = load<V>(trans + base) * ra;
+      const V fac = a_ok * t_here;
+      // dL/dalpha = sum_c (col_c T - behind_c / (1 - alpha)) v_c + T_final (v_alpha - bg . v) / (1 - alpha)
+      V col_dot = zero;
+      for (int c = 0; c < CD; ++c) {
+        const V vp = load<V>(v_pix[c] + base);
+        acc_col[c] += fac * vp;
+        col_dot += col[c] * vp;
       }
+      const V bh = load<V>(behind + base);
+      const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
+      store(behind + base, bh + fac * col_dot);
+      // the 0.999 clamp blocks the gradient to opacity and shape
+      const Mask live = ok & (op_vis <= alpha_max);
+      const V v_sigma = live ? -op_vis * v_alpha : zero;
+      const V gx = v_sigma * (ca * dx + cb * dy);
+      const V gy = v_sigma * (cb * dx + cc * dy);
+      acc[grad::kMeanX] += gx;
+      acc[grad::kMeanY] += gy;
+      acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
+      acc[grad::kConicB] += v_sigma * dx * dy;
+      acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
+      acc[grad::kOpacity] += live ? vis * v_alpha : zero;
+      acc[grad::kAbsX] += gx < zero ? -gx : gx;
+      acc[grad::kAbsY] += gy < zero ? -gy : gy;
+      store(trans + base, t_here);
     }
     T* g = grad_slab + static_cast<int64_t>(id) * grad::kSize;
     store(g, load<V>(g) + reduce8(acc));
