@@ -453,11 +453,11 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     V acc[8], acc_col[8];
     for (int i = 0; i < 8; ++i) acc[i] = acc_col[i] = zero;
 
-    while (todo) {
-      const int cell = __builtin_ctz(todo);
-      todo &= todo - 1;
+    // Two passes, as in fwd_tile: the splat's alphas first, then the updates.
+    alignas(64) T alphas[2 * kTile][kLanes], live_vis[2 * kTile][kLanes];
+    for (uint32_t left = todo; left; left &= left - 1) {
+      const int cell = __builtin_ctz(left);
       const int row = cell & (kTile - 1), h = cell >> 4;
-      const T dy = row_dy[row];
       const int base = row * kTile + h * kLanes;
       const V dx = dx_half[h];
       const V sigma = half_a * dx * dx + b_rows[row] * dx + s_rows[row];
@@ -469,7 +469,19 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
       const Mask ok = __builtin_convertvector(in_range, Mask) & (sigma >= zero) & (alpha >= alpha_min);
       // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
-      const V a_ok = ok ? alpha : zero;
+      store(alphas[cell], ok ? alpha : zero);
+      // the 0.999 clamp blocks the gradient to opacity and shape
+      store(live_vis[cell], ok & (op_vis <= alpha_max) ? vis : zero);
+    }
+    while (todo) {
+      const int cell = __builtin_ctz(todo);
+      todo &= todo - 1;
+      const int row = cell & (kTile - 1), h = cell >> 4;
+      const T dy = row_dy[row];
+      const int base = row * kTile + h * kLanes;
+      const V dx = dx_half[h];
+      const V a_ok = load<V>(alphas[cell]);
+      const V lv = load<V>(live_vis[cell]);
       const V ra = one / (one - a_ok);
       const V t_here = load<V>(trans + base) * ra;
       const V fac = a_ok * t_here;
@@ -483,9 +495,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const V bh = load<V>(behind + base);
       const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
       store(behind + base, bh + fac * col_dot);
-      // the 0.999 clamp blocks the gradient to opacity and shape
-      const Mask live = ok & (op_vis <= alpha_max);
-      const V v_sigma = live ? -op_vis * v_alpha : zero;
+      const V v_sigma = -op * lv * v_alpha;
       const V gx = v_sigma * (ca * dx + cb * dy);
       const V gy = v_sigma * (cb * dx + cc * dy);
       acc[grad::kMeanX] += gx;
@@ -493,7 +503,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
       acc[grad::kConicB] += v_sigma * dx * dy;
       acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
-      acc[grad::kOpacity] += live ? vis * v_alpha : zero;
+      acc[grad::kOpacity] += lv * v_alpha;
       acc[grad::kAbsX] += gx < zero ? -gx : gx;
       acc[grad::kAbsY] += gy < zero ? -gy : gy;
       store(trans + base, t_here);
