@@ -361,7 +361,7 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
   }
 }
 
-template <typename T, int CD>
+template <typename T, int CD, bool ABS>
 void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   typedef typename Lanes<T>::V V;
   typedef typename Lanes<T>::Mask Mask;
@@ -504,8 +504,10 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       acc[grad::kConicB] += v_sigma * dx * dy;
       acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
       acc[grad::kOpacity] += lv * v_alpha;
-      acc[grad::kAbsX] += gx < zero ? -gx : gx;
-      acc[grad::kAbsY] += gy < zero ? -gy : gy;
+      if constexpr (ABS) {
+        acc[grad::kAbsX] += gx < zero ? -gx : gx;
+        acc[grad::kAbsY] += gy < zero ? -gy : gy;
+      }
       store(trans + base, t_here);
     }
     T* g = grad_slab + static_cast<int64_t>(id) * grad::kSize;
@@ -549,11 +551,20 @@ void composite_forward(const TileData<T>& d, int64_t tile_index) {
 
 template <typename T>
 void composite_backward(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
+  if (d.absgrad) {
+    switch (d.D) {
+      case 1: bwd_tile<T, 1, true>(d, grad_slab, tile_index); break;
+      case 2: bwd_tile<T, 2, true>(d, grad_slab, tile_index); break;
+      case 3: bwd_tile<T, 3, true>(d, grad_slab, tile_index); break;
+      default: bwd_tile<T, 4, true>(d, grad_slab, tile_index); break;
+    }
+    return;
+  }
   switch (d.D) {
-    case 1: bwd_tile<T, 1>(d, grad_slab, tile_index); break;
-    case 2: bwd_tile<T, 2>(d, grad_slab, tile_index); break;
-    case 3: bwd_tile<T, 3>(d, grad_slab, tile_index); break;
-    default: bwd_tile<T, 4>(d, grad_slab, tile_index); break;
+    case 1: bwd_tile<T, 1, false>(d, grad_slab, tile_index); break;
+    case 2: bwd_tile<T, 2, false>(d, grad_slab, tile_index); break;
+    case 3: bwd_tile<T, 3, false>(d, grad_slab, tile_index); break;
+    default: bwd_tile<T, 4, false>(d, grad_slab, tile_index); break;
   }
 }
 

@@ -471,6 +471,7 @@ std::vector<Tensor> rasterize_backward(const Tensor& means2d, const Tensor& colo
     d.out_last = const_cast<int32_t*>(out_last.data_ptr<int32_t>());
     d.v_out_colors = v_colors.data_ptr<scalar_t>();
     d.v_out_alphas = v_alphas.data_ptr<scalar_t>();
+    d.absgrad = absgrad;
 
     // one private gradient slab per thread (records are shared between tiles), summed afterwards
     const int n_slots = parallel_slots();

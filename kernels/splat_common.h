@@ -55,6 +55,7 @@ struct TileData {
   // backward inputs (the forward outputs above are read back)
   const T* v_out_colors = nullptr;  // (I, H, W, D)
   const T* v_out_alphas = nullptr;  // (I, H, W)
+  bool absgrad = false;             // also sum |dL/d mean2d| per splat (grad::kAbsX/Y)
 };
 
 }  // namespace splat
