@@ -276,6 +276,9 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     lane_x[i] = static_cast<T>(x0 + i) + T(0.5);
     row_y[i] = static_cast<T>(y0 + i) + T(0.5);
   }
+  // cells (bit h * kTile + row, as in `todo` below) with a pixel that still accumulates
+  uint32_t live = 0;
+  for (int r = 0; r < h_in; ++r) live |= (1u | (w_in > kLanes ? 1u << kTile : 0u)) << r;
 
   const V zero = splat_v<V>(T(0));
   const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
@@ -294,8 +297,9 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     uint32_t cells[2];
     splat_cells(local, row_dy, cells);
     // bits 0-15: left half-rows, 16-31: right ones; one loop over them, so the only
-    // data-dependent branch per cell is the loop's own (cells are disjoint pixels: any order)
-    uint32_t todo = cells[0] | (cells[1] << kTile);
+    // data-dependent branch per cell is the loop's own (cells are disjoint pixels: any order);
+    // finished cells are left out
+    uint32_t todo = (cells[0] | (cells[1] << kTile)) & live;
     if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
@@ -332,16 +336,12 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
         }
         w = stop ? zero : w;
         t_next = stop ? zero : t_next;
+        if (lane_bits(t_next > zero) == 0) live &= ~(1u << cell);
       }
       for (int c = 0; c < CD; ++c) store(acc[c] + base, load<V>(acc[c] + base) + w * col[c]);
       store(trans + base, t_next);
     }
-    // stop early once every pixel of the tile is finished
-    if (((k - tc.start) & 15) == 15) {
-      V any = zero;
-      for (int p = 0; p < kTilePixels; p += kLanes) any = any + load<V>(trans + p);
-      if (hsum<T>(any) == T(0)) break;
-    }
+    if (!live) break;  // every pixel of the tile is finished
   }
 
   T bg[CD];
@@ -415,6 +415,29 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     lane_x[i] = static_cast<T>(x0 + i) + T(0.5);
     row_y[i] = static_cast<T>(y0 + i) + T(0.5);
   }
+  // A cell (bit h * kTile + row) joins `live` once k is below the stop position of one of its
+  // pixels; cells are queued by that position, latest first.
+  int32_t cell_last[2 * kTile];
+  int cell_order[2 * kTile];
+  int n_cells = 0;
+  for (int r = 0; r < h_in; ++r)
+    for (int h = 0; h * kLanes < w_in; ++h) {
+      int32_t m = tc.start;
+      for (int i = 0; i < kLanes; ++i) {
+        const int32_t last = stop_at[r * kTile + h * kLanes + i];
+        m = last > m ? last : m;
+      }
+      // insertion into descending order
+      int j = n_cells++;
+      for (; j > 0 && cell_last[j - 1] < m; --j) {
+        cell_last[j] = cell_last[j - 1];
+        cell_order[j] = cell_order[j - 1];
+      }
+      cell_last[j] = m;
+      cell_order[j] = h * kTile + r;
+    }
+  uint32_t live = 0;
+  int next_cell = 0;
 
   const V zero = splat_v<V>(T(0));
   const V one = splat_v<V>(T(1));
@@ -437,7 +460,8 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     local_record(s, x0, local);
     uint32_t cells[2];
     splat_cells(local, row_dy, cells);
-    uint32_t todo = cells[0] | (cells[1] << kTile);  // as in fwd_tile
+    while (next_cell < n_cells && k < cell_last[next_cell]) live |= 1u << cell_order[next_cell++];
+    uint32_t todo = (cells[0] | (cells[1] << kTile)) & live;  // as in fwd_tile
     if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
