@@ -115,7 +115,7 @@ inline Lanes<double>::V sqrt_v(Lanes<double>::V x) {
   return r;
 }
 
-// Lane-wise min(a, b) (b where a is NaN); one instruction instead of a compare and a blend.
+// Lane-wise min / max (b where a is NaN); one instruction instead of a compare and a blend.
 inline Lanes<float>::V min_v(Lanes<float>::V a, Lanes<float>::V b) {
 #if defined(SPLAT_X86_INTRINSICS)
   __m256 x, y;
@@ -128,6 +128,21 @@ inline Lanes<float>::V min_v(Lanes<float>::V a, Lanes<float>::V b) {
   return a < b ? a : b;
 #endif
 }
+
+inline Lanes<float>::V max_v(Lanes<float>::V a, Lanes<float>::V b) {
+#if defined(SPLAT_X86_INTRINSICS)
+  __m256 x, y;
+  __builtin_memcpy(&x, &a, 32);
+  __builtin_memcpy(&y, &b, 32);
+  x = _mm256_max_ps(x, y);
+  __builtin_memcpy(&a, &x, 32);
+  return a;
+#else
+  return a > b ? a : b;
+#endif
+}
+
+inline Lanes<double>::V max_v(Lanes<double>::V a, Lanes<double>::V b) { return a > b ? a : b; }
 
 inline Lanes<double>::V min_v(Lanes<double>::V a, Lanes<double>::V b) { return a < b ? a : b; }
 
@@ -202,14 +217,22 @@ inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2])
   }
 }
 
-// Per-row terms of sigma for one splat: 0.5 c dy^2 and b dy.
-template <typename T>
-inline void row_terms(const T (&row_dy)[kTile], T cb, T cc, T (&s_rows)[kTile], T (&b_rows)[kTile]) {
-  for (int i = 0; i < kTile; ++i) {
-    s_rows[i] = T(0.5) * cc * row_dy[i] * row_dy[i];
-    b_rows[i] = cb * row_dy[i];
+// -sigma = -(0.5 a dx^2 + b dx dy + 0.5 c dy^2) for one splat, split into the terms that depend
+// only on the half-row's lanes (dx) and only on the row (dy), so that a cell costs one FMA and
+// one add: -sigma = nb[h] * dy + na[h] + nc[row].
+template <typename V, typename T>
+struct NegSigma {
+  V na[2], nb[2];
+  alignas(64) T nc[kTile];
+  NegSigma(const V (&dx)[2], const T (&row_dy)[kTile], T ca, T cb, T cc) {
+    for (int h = 0; h < 2; ++h) {
+      na[h] = -(T(0.5) * ca * dx[h] * dx[h]);
+      nb[h] = -(cb * dx[h]);
+    }
+    for (int i = 0; i < kTile; ++i) nc[i] = -(T(0.5) * cc * row_dy[i] * row_dy[i]);
   }
-}
+  V at(int h, int row, T dy) const { return nb[h] * dy + na[h] + nc[row]; }
+};
 
 struct TileCoords {
   int64_t image;
@@ -305,22 +328,17 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     const T op = s[rec::kOpacity];
     T col[CD];
     for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
-    const T half_a = T(0.5) * ca;
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
-    alignas(64) T s_rows[kTile], b_rows[kTile];
-    row_terms(row_dy, cb, cc, s_rows, b_rows);
+    const NegSigma<V, T> neg_sigma(dx_half, row_dy, ca, cb, cc);
 
     while (todo) {
       const int cell = __builtin_ctz(todo);
       todo &= todo - 1;
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V dx = dx_half[h];
-      const V sigma = half_a * dx * dx + b_rows[row] * dx + s_rows[row];
-      V neg = -sigma;
-      neg = neg < exp_floor ? exp_floor : neg;
-      V alpha = min_v(op * exp_v(neg), alpha_max);
-      const Mask ok = (sigma >= zero) & (alpha >= alpha_min);
+      const V neg = neg_sigma.at(h, row, row_dy[row]);
+      V alpha = min_v(op * exp_v(max_v(neg, exp_floor)), alpha_max);
+      const Mask ok = (neg <= zero) & (alpha >= alpha_min);
       alpha = ok ? alpha : zero;
       const V t_cur = load<V>(trans + base);
       V t_next = t_cur * (T(1) - alpha);
@@ -467,11 +485,9 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     const T op = s[rec::kOpacity];
     T col[CD];
     for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
-    const T half_a = T(0.5) * ca;
     const IndexV k_vec = IndexV{} + k;
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
-    alignas(64) T s_rows[kTile], b_rows[kTile];
-    row_terms(row_dy, cb, cc, s_rows, b_rows);
+    const NegSigma<V, T> neg_sigma(dx_half, row_dy, ca, cb, cc);
 
     // acc: mean x/y, conic a/b/c, opacity, |mean x|, |mean y| (grad:: order); acc_col: colours
     V acc[8], acc_col[8];
@@ -483,15 +499,12 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const int cell = __builtin_ctz(left);
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V dx = dx_half[h];
-      const V sigma = half_a * dx * dx + b_rows[row] * dx + s_rows[row];
-      V neg = -sigma;
-      neg = neg < exp_floor ? exp_floor : neg;
-      const V vis = exp_v(neg);
+      const V neg = neg_sigma.at(h, row, row_dy[row]);
+      const V vis = exp_v(max_v(neg, exp_floor));
       const V op_vis = op * vis;
       const V alpha = min_v(op_vis, alpha_max);
       const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
-      const Mask ok = __builtin_convertvector(in_range, Mask) & (sigma >= zero) & (alpha >= alpha_min);
+      const Mask ok = __builtin_convertvector(in_range, Mask) & (neg <= zero) & (alpha >= alpha_min);
       // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
       store(alphas[cell], ok ? alpha : zero);
       // the 0.999 clamp blocks the gradient to opacity and shape
