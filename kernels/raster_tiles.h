@@ -49,6 +49,20 @@ inline V splat_v(T s) {
   return v + s;
 }
 
+#if defined(SPLAT_X86_INTRINSICS)
+// Float lanes <-> the intrinsics' register type (same 32 bytes).
+inline __m256 m256(Lanes<float>::V v) {
+  __m256 r;
+  __builtin_memcpy(&r, &v, 32);
+  return r;
+}
+inline Lanes<float>::V lanes(__m256 v) {
+  Lanes<float>::V r;
+  __builtin_memcpy(&r, &v, 32);
+  return r;
+}
+#endif
+
 // exp for float lanes: Cephes-style range reduction plus a degree-6 polynomial, ~1 ulp on
 // [-87, 88]. Callers clamp the input at -87; inputs above 88 only occur where sigma < 0, a lane
 // that is masked out whatever this returns. The polynomial is evaluated in Estrin's form: the
@@ -58,15 +72,7 @@ inline Lanes<float>::V exp_v(Lanes<float>::V x) {
   typedef Lanes<float>::V V;
   typedef Lanes<float>::Mask I;
 #if defined(SPLAT_X86_INTRINSICS)
-  __m256 fx_r;
-  {
-    const V fx = x * 1.44269504088896341f;
-    __m256 v;
-    __builtin_memcpy(&v, &fx, 32);
-    fx_r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  V n;
-  __builtin_memcpy(&n, &fx_r, 32);
+  const V n = lanes(_mm256_round_ps(m256(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const I ni = __builtin_convertvector(n, I);
 #else
   const V fx = x * 1.44269504088896341f;
@@ -97,16 +103,13 @@ inline Lanes<double>::V exp_v(Lanes<double>::V x) {
 }
 
 inline Lanes<float>::V sqrt_v(Lanes<float>::V x) {
-  Lanes<float>::V r;
 #if defined(SPLAT_X86_INTRINSICS)
-  __m256 v;
-  __builtin_memcpy(&v, &x, 32);
-  v = _mm256_sqrt_ps(v);
-  __builtin_memcpy(&r, &v, 32);
+  return lanes(_mm256_sqrt_ps(m256(x)));
 #else
+  Lanes<float>::V r;
   for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrtf(x[i]);
-#endif
   return r;
+#endif
 }
 
 inline Lanes<double>::V sqrt_v(Lanes<double>::V x) {
@@ -118,12 +121,7 @@ inline Lanes<double>::V sqrt_v(Lanes<double>::V x) {
 // Lane-wise min / max (b where a is NaN); one instruction instead of a compare and a blend.
 inline Lanes<float>::V min_v(Lanes<float>::V a, Lanes<float>::V b) {
 #if defined(SPLAT_X86_INTRINSICS)
-  __m256 x, y;
-  __builtin_memcpy(&x, &a, 32);
-  __builtin_memcpy(&y, &b, 32);
-  x = _mm256_min_ps(x, y);
-  __builtin_memcpy(&a, &x, 32);
-  return a;
+  return lanes(_mm256_min_ps(m256(a), m256(b)));
 #else
   return a < b ? a : b;
 #endif
@@ -131,12 +129,7 @@ inline Lanes<float>::V min_v(Lanes<float>::V a, Lanes<float>::V b) {
 
 inline Lanes<float>::V max_v(Lanes<float>::V a, Lanes<float>::V b) {
 #if defined(SPLAT_X86_INTRINSICS)
-  __m256 x, y;
-  __builtin_memcpy(&x, &a, 32);
-  __builtin_memcpy(&y, &b, 32);
-  x = _mm256_max_ps(x, y);
-  __builtin_memcpy(&a, &x, 32);
-  return a;
+  return lanes(_mm256_max_ps(m256(a), m256(b)));
 #else
   return a > b ? a : b;
 #endif
