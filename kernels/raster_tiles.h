@@ -525,7 +525,10 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const V bh = load<V>(behind + base);
       const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
       store(behind + base, bh + fac * col_dot);
-      const V v_sigma = -op * lv * v_alpha;
+      // selects, not products with lv = 0: an Inf or NaN pixel gradient must not reach splats
+      // that do not contribute to the pixel (vis >= exp(-87) > 0 on live lanes)
+      const Mask lm = lv > zero;
+      const V v_sigma = lm ? -op * lv * v_alpha : zero;
       const V gx = v_sigma * (ca * dx + cb * dy);
       const V gy = v_sigma * (cb * dx + cc * dy);
       acc[grad::kMeanX] += gx;
@@ -533,7 +536,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
       acc[grad::kConicB] += v_sigma * dx * dy;
       acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
-      acc[grad::kOpacity] += lv * v_alpha;
+      acc[grad::kOpacity] += lm ? lv * v_alpha : zero;
       if constexpr (ABS) {
         acc[grad::kAbsX] += gx < zero ? -gx : gx;
         acc[grad::kAbsY] += gy < zero ? -gy : gy;
