@@ -212,19 +212,20 @@ inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2])
 
 // -sigma = -(0.5 a dx^2 + b dx dy + 0.5 c dy^2) for one splat, split into the terms that depend
 // only on the half-row's lanes (dx) and only on the row (dy), so that a cell costs one FMA and
-// one add: -sigma = nb[h] * dy + na[h] + nc[row].
+// one add: -sigma = nb[h] * dy[row] + na[h] + nc[row].
 template <typename V, typename T>
 struct NegSigma {
   V na[2], nb[2];
   alignas(64) T nc[kTile];
-  NegSigma(const V (&dx)[2], const T (&row_dy)[kTile], T ca, T cb, T cc) {
+  const T (&dy)[kTile];
+  NegSigma(const V (&dx)[2], const T (&row_dy)[kTile], T ca, T cb, T cc) : dy(row_dy) {
     for (int h = 0; h < 2; ++h) {
       na[h] = -(T(0.5) * ca * dx[h] * dx[h]);
       nb[h] = -(cb * dx[h]);
     }
-    for (int i = 0; i < kTile; ++i) nc[i] = -(T(0.5) * cc * row_dy[i] * row_dy[i]);
+    for (int i = 0; i < kTile; ++i) nc[i] = -(T(0.5) * cc * dy[i] * dy[i]);
   }
-  V at(int h, int row, T dy) const { return nb[h] * dy + na[h] + nc[row]; }
+  V at(int h, int row) const { return nb[h] * dy[row] + na[h] + nc[row]; }
 };
 
 struct TileCoords {
@@ -329,7 +330,7 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
       todo &= todo - 1;
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V neg = neg_sigma.at(h, row, row_dy[row]);
+      const V neg = neg_sigma.at(h, row);
       V alpha = min_v(op * exp_v(max_v(neg, exp_floor)), alpha_max);
       const Mask ok = (neg <= zero) & (alpha >= alpha_min);
       alpha = ok ? alpha : zero;
@@ -492,7 +493,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const int cell = __builtin_ctz(left);
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V neg = neg_sigma.at(h, row, row_dy[row]);
+      const V neg = neg_sigma.at(h, row);
       const V vis = exp_v(max_v(neg, exp_floor));
       const V op_vis = op * vis;
       const V alpha = min_v(op_vis, alpha_max);
