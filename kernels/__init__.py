@@ -1,5 +1,5 @@
-"""CPU kernels (splatting, the fused SSIM loss, the decoder head): builds the C++ extension on first use and
-exposes its operators.
+"""CPU kernels (splatting, the fused SSIM loss, the decoder's sparse convs and head): builds the C++
+extension on first use and exposes its operators.
 
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
 overrides the root), so a source change triggers exactly one rebuild and nothing is shared
@@ -22,7 +22,8 @@ from recon.errors import ReconError
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _SOURCES = (
-    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "parallel.cpp",
+    "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "sparse_conv_cpu.cpp",
+    "parallel.cpp",
     "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp",
 )
 _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h")

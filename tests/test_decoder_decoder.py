@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recon.decoder.config import DecoderConfig
-from recon.decoder.decoder import GaussianDecoder, initial_offsets
+from recon.decoder.decoder import GaussianDecoder, head_linear, initial_offsets
 from recon.decoder.unet import SparseUNet
 from recon.errors import ReconError
 from recon.gaussians import sh0_to_rgb
@@ -222,12 +222,14 @@ def test_unet_keeps_sites_and_order_on_odd_grids(fine_convs):
         SparseUNet(2, [])
 
 
+@pytest.mark.parametrize("backend", ["auto", "spconv"])
 @pytest.mark.parametrize("fine_convs", [False, True])
-def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_convs):
+def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_convs, backend):
     torch.manual_seed(3)
     net = SparseUNet(5, [4, 8, 8], fine_convs=fine_convs)
     fresh = SparseUNet(5, [4, 8, 8], fine_convs=fine_convs)
     fresh.load_state_dict(net.state_dict())
+    net.backend = fresh.backend = backend  # "auto" on the CPU: our kernel
     feats = torch.randn(len(voxels), 5)
 
     def run(module, coords, x):
@@ -236,12 +238,19 @@ def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_conv
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         return out.detach(), x.grad
 
+    def cached(module):
+        if backend == "spconv":  # one spconv table per level with 3x3x3 convs
+            return module._neighbour_tables[2]
+        return dict(enumerate(module._kernel_tables[2]))  # one LevelTables per level
+
     first = run(net, voxels.coords, feats)
-    # tables kept for the next call: one per level with 3x3x3 convs
-    assert sorted(net._neighbour_tables[2]) == (["subm0"] if fine_convs else []) + ["subm1", "subm2"]
-    tables = dict(net._neighbour_tables[2])
+    if backend == "spconv":
+        assert sorted(cached(net)) == (["subm0"] if fine_convs else []) + ["subm1", "subm2"]
+    else:
+        assert sorted(cached(net)) == [0, 1, 2] and net._neighbour_tables is None
+    tables = dict(cached(net))
     again = run(net, voxels.coords.clone(), feats)  # same voxels, new tensor: tables reused
-    assert all(net._neighbour_tables[2][k] is v for k, v in tables.items())
+    assert all(cached(net)[k] is v for k, v in tables.items())
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # a different voxel set (as after pruning) must rebuild them: compare with a module that never cached
@@ -249,7 +258,7 @@ def test_unet_reuses_neighbour_tables_only_for_the_same_voxels(voxels, fine_conv
     for coords in (voxels.coords[keep], voxels.coords[keep].flip(0)):
         for a, b in zip(run(net, coords, feats[keep]), run(fresh, coords, feats[keep])):
             torch.testing.assert_close(a, b)
-        fresh._neighbour_tables = None
+        fresh._neighbour_tables = fresh._kernel_tables = None
 
 
 def _head_by_plain_ops(raw, centers, dc, c):
@@ -305,7 +314,25 @@ def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree, impl
     assert torch.autograd.gradcheck(lambda r: _DecodeHead.apply(r, centers, dc, c), (raw,))
 
 
-def test_decoder_uses_the_cpu_kernel_head_on_cpu(voxels):
+def test_decoder_uses_the_cpu_kernels_on_cpu(voxels):
     torch.manual_seed(0)
-    g = GaussianDecoder(SMALL, voxels, sh_degree=1)(voxels)
+    dec = GaussianDecoder(SMALL, voxels, sh_degree=1)
+    g = dec(voxels)
     assert "DecodeHeadCPU" in type(g.means.grad_fn).__name__
+    assert "SparseConvCPU" in type(g.means.grad_fn.next_functions[0][0]).__name__  # the head's layer
+    assert dec.unet._kernel_tables is not None and dec.unet._neighbour_tables is None
+
+
+def test_head_linear_kernel_equals_torch_products():
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(300, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(300, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(73, 21, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(73, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(300, 73, generator=g, dtype=torch.float64)
+    results = []
+    for kernel in (True, False):
+        raw = head_linear(h, x, w, b, kernel=kernel)
+        results.append((raw, *torch.autograd.grad(raw, (h, x, w, b), up)))
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)

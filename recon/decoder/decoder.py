@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from recon.decoder import sparse_conv
 from recon.decoder.config import DecoderConfig
 from recon.decoder.unet import SparseUNet
 from recon.errors import ReconError
@@ -202,6 +203,20 @@ class _DecodeHeadCPU(torch.autograd.Function):
         return g_raw, None, None, None
 
 
+def head_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                kernel: bool) -> torch.Tensor:
+    """The head's linear layer on cat([h, x]) (U-Net features, then the voxel's own input).
+
+    kernel: the CPU sparse-conv kernel as a per-voxel layer (~2x torch's matmuls for these skinny
+    shapes on the CPU); else two torch products into one output, so the gradients of h and x come back
+    contiguous (a cat's backward hands out narrow strided views, slow in later ops)."""
+    if kernel:
+        return sparse_conv.sparse_conv(torch.cat([h, x], dim=1), weight.t()[None], bias, sparse_conv.IDENTITY,
+                                       sparse_conv.IDENTITY, None)
+    ch = h.shape[1]
+    return torch.addmm(torch.nn.functional.linear(x, weight[:, ch:], bias), h, weight[:, :ch].t())
+
+
 class GaussianDecoder(nn.Module):
     """Sparse U-Net decoder: SparseVoxels -> Gaussians (K per voxel, voxel-major).
 
@@ -277,12 +292,7 @@ class GaussianDecoder(nn.Module):
         feats = voxels.features.to(device=device, dtype=torch.float32)
         x = torch.cat([self.latents, feats * self.feature_scale + self.feature_shift], dim=1)
         h = self.unet(voxels.coords.to(device), x, voxels.level)
-        m = len(voxels)
-        # head(cat([h, x])) as two products into one output: the gradients of h and x come back
-        # contiguous (a cat's backward hands out narrow strided views, slow in every later op on CPU)
-        ch = h.shape[1]
-        w = self.head.weight
-        raw = torch.addmm(torch.nn.functional.linear(x, w[:, ch:], self.head.bias), h, w[:, :ch].t())
+        raw = head_linear(h, x, self.head.weight, self.head.bias, kernel=h.device.type == "cpu")
         vs = float(voxels.voxel_size)
         centers = voxels.centers().to(device=device, dtype=torch.float32)
         dc = rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32))

@@ -3,6 +3,9 @@
 Level l works at cell size 2^l: submanifold 3x3x3 convs keep the active sites, a stride-2 sparse conv
 (kernel 2, so every fine site has exactly one coarse parent) goes down, and the matching inverse conv
 comes back up onto exactly the sites of the level above, where the skip features are concatenated.
+
+On CUDA the convs run in spconv. On the CPU they run in our kernel (recon.decoder.sparse_conv) with the
+same weights and maths, several times faster than spconv's CPU path; `backend="spconv"` forces spconv.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from torch import nn
 
 import recon.decoder.spconv_compat  # noqa: F401  (must precede any spconv use on CPU)
 import spconv.pytorch as spconv
+from recon.decoder import sparse_conv
 
 
 class _SparseConvAct(nn.Module):
@@ -81,6 +85,9 @@ class SparseUNet(nn.Module):
                                        for lvl in range(1, self.levels)])
         # (indices, level, {indice_key: spconv IndiceData}) of the last forward's submanifold convs
         self._neighbour_tables: tuple | None = None
+        # (coords, level, [sparse_conv.LevelTables]) of the last CPU-kernel forward
+        self._kernel_tables: tuple | None = None
+        self.backend = "auto"  # "auto": our kernel on the CPU, spconv on CUDA; "spconv": spconv everywhere
 
     def padded_shape(self, level: int) -> list[int]:
         """Grid shape rounded up so every down step halves it exactly (no site falls off the edge)."""
@@ -90,6 +97,49 @@ class SparseUNet(nn.Module):
 
     def forward(self, coords: torch.Tensor, features: torch.Tensor, level: int) -> torch.Tensor:
         """coords (M, 3) int cell indices in [0, level); features (M, C_in) float32."""
+        if self.backend not in ("auto", "spconv"):
+            raise ValueError(f"backend must be 'auto' or 'spconv', got {self.backend!r}")
+        if features.device.type == "cpu" and self.backend == "auto":
+            return self._forward_kernel(coords, features, level)
+        return self._forward_spconv(coords, features, level)
+
+    def _tables(self, coords: torch.Tensor, level: int) -> list[sparse_conv.LevelTables]:
+        # the tables depend on the voxel set only: training calls this every iteration with the same voxels
+        if self._kernel_tables is not None:
+            known, known_level, tables = self._kernel_tables
+            if known_level == level and known.shape == coords.shape and torch.equal(known, coords):
+                return tables
+        tables = sparse_conv.build_tables(coords, self.padded_shape(level)[0], self.levels)
+        self._kernel_tables = (coords.clone(), level, tables)
+        return tables
+
+    @staticmethod
+    def _layer(module: nn.Module, x: torch.Tensor, nbr: torch.Tensor, nbr_t: torch.Tensor) -> torch.Tensor:
+        """One _SparseConvAct / _PointwiseAct by the CPU kernel over the given gather tables."""
+        if isinstance(module, _PointwiseAct):
+            w, bias, act = module.linear.weight.t()[None], module.linear.bias, module.act
+            nbr = nbr_t = sparse_conv.IDENTITY
+        else:
+            w, bias, act = sparse_conv.kernel_weight(module.conv.weight), module.bias, module.act
+        slope = act.negative_slope if isinstance(act, nn.LeakyReLU) else None
+        return sparse_conv.sparse_conv(x, w, bias, nbr, nbr_t, slope)
+
+    def _forward_kernel(self, coords: torch.Tensor, features: torch.Tensor, level: int) -> torch.Tensor:
+        t = self._tables(coords, level)
+        subm = lambda lvl: (t[lvl].subm, t[lvl].subm_t)
+        x = self._layer(self.stem, features, *subm(0))
+        skips = []
+        for lvl in range(1, self.levels):
+            skips.append(x)
+            x = self._layer(self.downs[lvl - 1], x, t[lvl].children, t[lvl - 1].parent_slot)
+            x = self._layer(self.encoders[lvl - 1], x, *subm(lvl))
+        for lvl in range(self.levels - 1, 0, -1):
+            x = self._layer(self.ups[lvl - 1], x, t[lvl - 1].parent_slot, t[lvl].children)
+            x = torch.cat([x, skips[lvl - 1]], dim=1)
+            x = self._layer(self.decoders[lvl - 1], x, *subm(lvl - 1))
+        return x
+
+    def _forward_spconv(self, coords: torch.Tensor, features: torch.Tensor, level: int) -> torch.Tensor:
         indices = torch.cat([coords.new_zeros(coords.shape[0], 1), coords], dim=1).to(torch.int32).contiguous()
         # the submanifold neighbour tables depend on the voxel set only: reuse them while it is unchanged
         # (training calls this every iteration with the same voxels; spconv would rebuild them each time)
