@@ -129,6 +129,78 @@ CONV_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __re
   }
 }
 
+// conv_rows for tables with several offsets, organised by offset: per block of 64 rows the outputs
+// sit in a small buffer, and for each offset k the rows that have that neighbour are worked P at a time
+// with w[k] loaded once per input channel for all P (P * NV accumulators). Row by row, each row would
+// stream every w[k] from L2 (a 3x3x3 conv's weights outgrow L1 from 16 x 32 channels on); here w[k]
+// (at most 64 x C_in values) stays in L1 while the block's rows pass.
+template <typename T, int NV>
+CONV_CLONES void conv_rows_by_offset(const Conv& c, const T* __restrict__ x, const T* __restrict__ wp,
+                                     const T* __restrict__ bias, T slope, T* __restrict__ y, int width,
+                                     int64_t i0, int64_t i1) {
+  constexpr int W = 8 * NV;
+  constexpr int P = NV >= 5 ? 1 : (NV >= 3 ? 2 : (NV == 2 ? 4 : 8));
+  constexpr int64_t kRows = 64;
+  V8<T> out[kRows][NV];
+  int64_t rows[kRows], srcs[kRows];
+  for (int64_t ib = i0; ib < i1; ib += kRows) {
+    const int64_t ie = std::min(i1, ib + kRows);
+    for (int64_t r = 0; r < ie - ib; ++r)
+      for (int v = 0; v < NV; ++v) out[r][v] = V8<T>{};
+    for (int64_t k = 0; k < c.k; ++k) {
+      int n = 0;
+      for (int64_t i = ib; i < ie; ++i) {
+        const int64_t j = c.nbr[i * c.k + k];
+        rows[n] = i - ib;
+        srcs[n] = j;
+        n += j >= 0;
+      }
+      const T* wk = wp + k * c.cin * W;
+      int p = 0;
+      for (; p + P <= n; p += P) {
+        V8<T> acc[P][NV];
+        const T* xr[P];
+        for (int q = 0; q < P; ++q) {
+          xr[q] = x + srcs[p + q] * c.cin;
+          for (int v = 0; v < NV; ++v) acc[q][v] = out[rows[p + q]][v];
+        }
+        for (int64_t ci = 0; ci < c.cin; ++ci) {
+          V8<T> wv[NV];
+          for (int v = 0; v < NV; ++v) wv[v] = load8(wk + ci * W + 8 * v);
+          for (int q = 0; q < P; ++q) {
+            const V8<T> xv = bcast(xr[q][ci]);
+            for (int v = 0; v < NV; ++v) acc[q][v] += xv * wv[v];
+          }
+        }
+        for (int q = 0; q < P; ++q)
+          for (int v = 0; v < NV; ++v) out[rows[p + q]][v] = acc[q][v];
+      }
+      for (; p < n; ++p) {
+        V8<T> acc[NV];
+        const T* xr = x + srcs[p] * c.cin;
+        for (int v = 0; v < NV; ++v) acc[v] = out[rows[p]][v];
+        for (int64_t ci = 0; ci < c.cin; ++ci) {
+          const V8<T> xv = bcast(xr[ci]);
+          for (int v = 0; v < NV; ++v) acc[v] += xv * load8(wk + ci * W + 8 * v);
+        }
+        for (int v = 0; v < NV; ++v) out[rows[p]][v] = acc[v];
+      }
+    }
+    for (int64_t i = ib; i < ie; ++i) {
+      T* yr = y + i * c.cout;
+      for (int v = 0; v < NV; ++v) {
+        V8<T> a = out[i - ib][v];
+        if (bias) a += load8(bias + 8 * v);
+        if (slope >= T(0)) a = a > T(0) ? a : a * slope;
+        if (8 * v + 8 <= width)
+          store8(yr + 8 * v, a);
+        else
+          store_part(yr + 8 * v, a, width - 8 * v);
+      }
+    }
+  }
+}
+
 // Columns [o0, o0 + width) of w (K, C_in, C_out) as a contiguous (K, C_in, 8 NV) panel, zero-padded.
 // With one panel of a width that is a multiple of 8, w itself is returned and nothing is copied.
 template <typename T>
@@ -149,17 +221,24 @@ void conv(const Conv& c, const T* x, const T* w, const T* bias, T slope, T* y) {
     T bpad[kPanel] = {};
     if (bias) std::memcpy(bpad, bias + o0, sizeof(T) * width);
     const T* bp = bias ? bpad : nullptr;
+    const bool by_offset = c.nbr != nullptr && c.k > 8;  // 3x3x3 tables; kernel-2 ones have 1-8 entries a row
     parallel_run(c.n_out, 512, [&](int64_t i0, int64_t i1, int) {
+#define CONV_CASE(N)                                                                   \
+  case N:                                                                              \
+    if (by_offset) return conv_rows_by_offset<T, N>(c, x, wp, bp, slope, y + o0, width, i0, i1); \
+    return conv_rows<T, N>(c, x, wp, bp, slope, y + o0, width, i0, i1);
       switch ((width + 7) / 8) {
-        case 1: return conv_rows<T, 1>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 2: return conv_rows<T, 2>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 3: return conv_rows<T, 3>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 4: return conv_rows<T, 4>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 5: return conv_rows<T, 5>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 6: return conv_rows<T, 6>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        case 7: return conv_rows<T, 7>(c, x, wp, bp, slope, y + o0, width, i0, i1);
-        default: return conv_rows<T, 8>(c, x, wp, bp, slope, y + o0, width, i0, i1);
+        CONV_CASE(1)
+        CONV_CASE(2)
+        CONV_CASE(3)
+        CONV_CASE(4)
+        CONV_CASE(5)
+        CONV_CASE(6)
+        CONV_CASE(7)
+        default:
+          CONV_CASE(8)
       }
+#undef CONV_CASE
     });
   }
 }
@@ -281,15 +360,29 @@ CONV_CLONES void column_sums(const T* __restrict__ g, T* __restrict__ db, int64_
     for (int64_t o = 0; o < co; ++o) db[o] += g[i * co + o];
 }
 
+// Smallest and largest entry of a table (lo, hi keep their values when n = 0).
+CONV_CLONES void table_range(const int32_t* __restrict__ p, int64_t n, int32_t& lo, int32_t& hi) {
+  if (n == 0) return;
+  int32_t a = p[0], b = p[0];
+  for (int64_t e = 0; e < n; ++e) {
+    a = std::min(a, p[e]);
+    b = std::max(b, p[e]);
+  }
+  lo = a;
+  hi = b;
+}
+
 void check_table(const Tensor& nbr, int64_t rows, int64_t n_in, const char* name) {
   if (nbr.numel() == 0 && nbr.dim() == 2 && nbr.size(1) == 0) return;  // identity
   TORCH_CHECK(nbr.device().is_cpu() && nbr.dim() == 2 && nbr.is_contiguous() &&
                   nbr.scalar_type() == at::kInt && nbr.size(0) == rows,
               "sparse_conv: ", name, " must be a contiguous int32 CPU table with ", rows, " rows");
-  // Entries index rows of the gathered tensor: check them once here, not per access.
-  const int32_t* p = nbr.data_ptr<int32_t>();
-  for (int64_t e = 0, n = nbr.numel(); e < n; ++e)
-    TORCH_CHECK(p[e] >= -1 && p[e] < n_in, "sparse_conv: ", name, " entry ", p[e], " is outside [-1, ", n_in, ")");
+  // Entries index rows of the gathered tensor: check them once here, not per access (min and max in
+  // one branch-free pass; a check per entry cost as much as a small conv)
+  int32_t lo = -1, hi = -1;
+  table_range(nbr.data_ptr<int32_t>(), nbr.numel(), lo, hi);
+  TORCH_CHECK(lo >= -1 && hi < n_in, "sparse_conv: ", name, " has entries in [", lo, ", ", hi,
+              "], outside [-1, ", n_in, ")");
 }
 
 Conv make_conv(const Tensor& x, const Tensor& w, const Tensor& nbr) {
