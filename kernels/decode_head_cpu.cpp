@@ -77,7 +77,9 @@ std::tuple<Tensor, Tensor> activations(const Tensor& raw, const Tensor& offset_b
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> decode_head_forward(
+// Also returns tanh(offset) and sigmoid(log-scale), (M*K, 3) each, for the backward (recomputing them
+// there cost more than the rest of the backward).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> decode_head_forward(
     const Tensor& raw, const Tensor& centers, const Tensor& dc, const Tensor& offset_bias, int64_t k, int64_t nb,
     double offset_extent, double scale_bias, double log_scale_base, double log_scale_span, double opacity_bias) {
   const HeadShape s = head_shape(raw, k, nb);
@@ -125,30 +127,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> decode_head_forward(
       }
     });
   });
-  return {means, quats, log_scales, opacity, sh};
+  return {means, quats, log_scales, opacity, sh, std::get<0>(act), std::get<1>(act)};
 }
 
-// Gradient of raw from the outputs' gradients (an empty tensor stands for a zero gradient).
-Tensor decode_head_backward(const Tensor& raw, const Tensor& offset_bias, int64_t k, int64_t nb,
-                            double offset_extent, double scale_bias, double log_scale_span, const Tensor& g_means,
-                            const Tensor& g_quats, const Tensor& g_log_scales, const Tensor& g_opacity,
-                            const Tensor& g_sh) {
-  const HeadShape s = head_shape(raw, k, nb);
+// Gradient of raw (M, width) from the outputs' gradients (an empty tensor stands for a zero gradient),
+// with the forward's activations t = tanh(offset) and sg = sigmoid(log-scale), (M*K, 3) each.
+Tensor decode_head_backward(const Tensor& t, const Tensor& sg, int64_t k, int64_t nb, double offset_extent,
+                            double log_scale_span, const Tensor& g_means, const Tensor& g_quats,
+                            const Tensor& g_log_scales, const Tensor& g_opacity, const Tensor& g_sh) {
+  TORCH_CHECK(k >= 1 && nb >= 1, "decode_head: K and the SH basis count must be positive");
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(1) == 3 && t.is_contiguous() && t.size(0) % k == 0 &&
+                  sg.sizes() == t.sizes() && sg.is_contiguous() && sg.scalar_type() == t.scalar_type(),
+              "decode_head: the saved activations must be two contiguous (M*K, 3) CPU tensors");
+  const HeadShape s{t.size(0) / k, k, nb, k * kPer + 3 * (nb - 1)};
   const int64_t n = s.m * k;
-  check_rows(offset_bias, raw, k, 3, "offset_bias");
   const bool has_m = g_means.numel() > 0, has_q = g_quats.numel() > 0, has_s = g_log_scales.numel() > 0;
   const bool has_o = g_opacity.numel() > 0, has_sh = g_sh.numel() > 0;
-  if (has_m) check_rows(g_means, raw, n, 3, "grad of means");
-  if (has_q) check_rows(g_quats, raw, n, 4, "grad of quats");
-  if (has_s) check_rows(g_log_scales, raw, n, 3, "grad of log_scales");
-  if (has_o) check_rows(g_opacity, raw, n, 1, "grad of opacity_logits");
-  if (has_sh) check_rows(g_sh, raw, n, nb * 3, "grad of sh");
-  Tensor g_raw = at::empty_like(raw);
-  const auto act = activations(raw, offset_bias, s, scale_bias);
-  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "decode_head_backward", [&] {
+  if (has_m) check_rows(g_means, t, n, 3, "grad of means");
+  if (has_q) check_rows(g_quats, t, n, 4, "grad of quats");
+  if (has_s) check_rows(g_log_scales, t, n, 3, "grad of log_scales");
+  if (has_o) check_rows(g_opacity, t, n, 1, "grad of opacity_logits");
+  if (has_sh) check_rows(g_sh, t, n, nb * 3, "grad of sh");
+  Tensor g_raw = at::empty({s.m, s.width}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "decode_head_backward", [&] {
     using T = scalar_t;
-    const T* at_t = std::get<0>(act).data_ptr<T>();
-    const T* at_s = std::get<1>(act).data_ptr<T>();
+    const T* at_t = t.data_ptr<T>();
+    const T* at_s = sg.data_ptr<T>();
     const T* gm = has_m ? g_means.data_ptr<T>() : nullptr;
     const T* gq = has_q ? g_quats.data_ptr<T>() : nullptr;
     const T* gs = has_s ? g_log_scales.data_ptr<T>() : nullptr;

@@ -182,24 +182,23 @@ class _DecodeHeadCPU(torch.autograd.Function):
         raw = raw.contiguous()
         bias = c.offset_bias.to(raw.dtype).contiguous()
         centers, dc = centers.to(raw.dtype).contiguous(), dc.to(raw.dtype).contiguous()
-        outs = load().decode_head_forward(raw, centers, dc, bias, c.k, c.num_bases, c.offset_extent, c.scale_bias,
-                                          c.log_scale_base, c.log_scale_span, c.opacity_bias)
-        ctx.save_for_backward(raw, bias)
+        *outs, t, s = load().decode_head_forward(raw, centers, dc, bias, c.k, c.num_bases, c.offset_extent,
+                                                 c.scale_bias, c.log_scale_base, c.log_scale_span, c.opacity_bias)
+        ctx.save_for_backward(t, s)  # tanh(offset), sigmoid(log-scale): what the backward needs of the forward
         ctx.c = c
         ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
-        return outs
+        return tuple(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh):
         from recon.kernels import load
 
-        raw, bias = ctx.saved_tensors
+        t, s = ctx.saved_tensors
         c = ctx.c
-        none = raw.new_zeros(0)
+        none = t.new_zeros(0)
         grads = [none if g is None else g.contiguous() for g in (g_means, g_quats, g_log_scales, g_opacity, g_sh)]
-        g_raw = load().decode_head_backward(raw, bias, c.k, c.num_bases, c.offset_extent, c.scale_bias,
-                                            c.log_scale_span, *grads)
+        g_raw = load().decode_head_backward(t, s, c.k, c.num_bases, c.offset_extent, c.log_scale_span, *grads)
         return g_raw, None, None, None
 
 
