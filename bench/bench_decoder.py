@@ -4,7 +4,8 @@ backward, one 400x400 view). The target is that the decoder adds at most 30 % to
 
     nice python bench/bench_decoder.py [--voxels 20000] [--threads 1 2] [--reps 5] [--sh-degree 3]
 
-Prints one line per thread count. On a shared, oversubscribed machine two-thread timings of many small
+Prints one line per thread count, with the decoder's time when its convs run in spconv (the CPU
+baseline our sparse-conv kernel replaces) measured in the same run. On a shared, oversubscribed machine two-thread timings of many small
 ops are dominated by waiting for the second thread; the load average is printed alongside.
 
 Then a full training iteration (recon.train: pick a view, render, loss, backward, optimizer step) with
@@ -173,6 +174,12 @@ def main() -> None:
         torch.set_num_threads(threads)
         dec_ms, dec_cpu = _time(decoder_step, args.reps)
         line = f"threads={threads}: decoder forward+backward {dec_ms:.0f} ms (cpu {dec_cpu:.0f} ms)"
+        if not torch.cuda.is_available():
+            # baseline in the same run: the same decoder with spconv's CPU convs (recon's patched path)
+            decoder.unet.backend = "spconv"
+            base_ms, _ = _time(decoder_step, args.reps)
+            decoder.unet.backend = "auto"
+            line += f" [with spconv's CPU convs {base_ms:.0f} ms: {base_ms / dec_ms:.1f}x]"
         if rasterize is not None:
             try:
                 ras_ms, ras_cpu = _time(raster_step, args.reps)

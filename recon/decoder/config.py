@@ -9,9 +9,9 @@ class DecoderConfig:
     # K Gaussians decoded per voxel; rasterising K per voxel costs time, and at a fixed CPU budget K=2 beat
     # K=4 on the shared scenes (held-out, 60 s runs)
     gaussians_per_voxel: int = 2
-    # U-Net width per level, fine to coarse; [16, 32, 64] costs ~1.7x as much (bench/bench_decoder.py)
+    # U-Net width per level, fine to coarse; [16, 32, 64] costs ~2.4x as much on the CPU (bench/bench_decoder.py)
     channels: list[int] = field(default_factory=lambda: [8, 16, 32])
-    fine_convs: bool = False  # 3x3x3 convs at the voxel level too (~1.5-2x the cost); else from level 1 on
+    fine_convs: bool = False  # 3x3x3 convs at the voxel level too (~1.5x the cost); else from level 1 on
     latent_dim: int = 8  # learnable per-voxel latent, concatenated to the photo-consistency features
     latent_init_std: float = 0.1
     offset_scale: float = 1.0  # Gaussian centres stay within +-offset_scale voxel sizes of the voxel centre
