@@ -388,7 +388,8 @@ void check_table(const Tensor& nbr, int64_t rows, int64_t n_in, const char* name
 Conv make_conv(const Tensor& x, const Tensor& w, const Tensor& nbr) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(),
               "sparse_conv: x must be a contiguous (N, C_in) CPU tensor");
-  TORCH_CHECK(w.dim() == 3 && w.is_contiguous() && w.scalar_type() == x.scalar_type() && w.size(1) == x.size(1),
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 3 && w.is_contiguous() && w.scalar_type() == x.scalar_type() &&
+                  w.size(1) == x.size(1),
               "sparse_conv: w must be a contiguous (K, C_in, C_out) tensor of x's dtype, C_in = ", x.size(1));
   const bool identity = nbr.dim() == 2 && nbr.size(1) == 0;
   TORCH_CHECK(identity ? w.size(0) == 1 : nbr.dim() == 2 && nbr.size(1) == w.size(0),
@@ -413,7 +414,8 @@ Tensor sparse_conv_forward(const Tensor& x, const Tensor& w, const Tensor& nbr, 
   check_table(nbr, c.n_out, x.size(0), "nbr");
   const bool has_bias = bias.numel() > 0;
   if (has_bias)
-    TORCH_CHECK(bias.is_contiguous() && bias.numel() == c.cout && bias.scalar_type() == x.scalar_type(),
+    TORCH_CHECK(bias.device().is_cpu() && bias.is_contiguous() && bias.numel() == c.cout &&
+                    bias.scalar_type() == x.scalar_type(),
                 "sparse_conv: bias must have C_out = ", c.cout, " values of x's dtype");
   Tensor y = at::empty({c.n_out, c.cout}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv_forward", [&] {
@@ -431,13 +433,16 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv_backward(const Tensor& g, const T
                                                        const Tensor& w, const Tensor& nbr, const Tensor& nbr_t,
                                                        double slope, bool need_x, bool need_w) {
   Conv c = make_conv(x, w, nbr);
-  TORCH_CHECK(g.is_contiguous() && g.dim() == 2 && g.size(0) == c.n_out && g.size(1) == c.cout &&
+  TORCH_CHECK(g.device().is_cpu() && g.is_contiguous() && g.dim() == 2 && g.size(0) == c.n_out && g.size(1) == c.cout &&
                   g.scalar_type() == x.scalar_type(),
               "sparse_conv: the output gradient must be a contiguous (", c.n_out, ", ", c.cout, ") tensor");
-  TORCH_CHECK(slope < 0 || (y.is_contiguous() && y.sizes() == g.sizes()), "sparse_conv: y must be like the gradient");
+  TORCH_CHECK(slope < 0 || (y.device().is_cpu() && y.is_contiguous() && y.sizes() == g.sizes() &&
+                             y.scalar_type() == g.scalar_type()),
+              "sparse_conv: y must be like the gradient");
   const bool identity = c.nbr == nullptr;
   if (!identity) TORCH_CHECK(nbr_t.dim() == 2 && nbr_t.size(1) == c.k, "sparse_conv: nbr_t must have K columns");
   if (need_x && !identity) check_table(nbr_t, x.size(0), c.n_out, "nbr_t");
+  if (need_w && !identity) check_table(nbr, c.n_out, x.size(0), "nbr");
   const int slots = parallel_slots();
   Tensor gp = slope >= 0 ? at::empty_like(g) : g;
   Tensor db = at::zeros({c.cout}, g.options());

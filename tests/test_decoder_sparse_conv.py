@@ -162,6 +162,8 @@ def test_tables_match_brute_force(levels):
             assert torch.equal(t.coords, coords.long())  # level 0 keeps the caller's rows
     with pytest.raises(ValueError, match="duplicates"):
         sc.build_tables(torch.cat([coords, coords[:1]]), 12, 2)
+    with pytest.raises(ValueError, match=r"\[0, 12\)"):
+        sc.build_tables(torch.cat([coords, torch.tensor([[0, 12, 3]], dtype=torch.int32)]), 12, 2)
 
 
 @pytest.mark.parametrize("channels,fine_convs", [([8, 16, 32], False), ([8, 16, 32], True), ([5, 12], True),

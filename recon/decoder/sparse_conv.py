@@ -58,6 +58,8 @@ def build_tables(coords: torch.Tensor, size: int, levels: int) -> list[LevelTabl
     if coords.dim() != 2 or coords.shape[1] != 3:
         raise ValueError(f"coords must be (M, 3), got {tuple(coords.shape)}")
     coords = coords.to(torch.int64).cpu()
+    if coords.numel() and (int(coords.min()) < 0 or int(coords.max()) >= size):
+        raise ValueError(f"voxel coords must lie in [0, {size}), got [{int(coords.min())}, {int(coords.max())}]")
     out: list[LevelTables] = []
     children = None
     for lvl in range(levels):
