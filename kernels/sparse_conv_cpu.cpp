@@ -54,11 +54,17 @@ __attribute__((always_inline)) inline void store8(T* p, const V8<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// All lanes = v. (0 + v costs a scalar add, but GCC's vectoriser turns the alternatives it cannot fold,
-// a lane-by-lane initialiser or 1 * v, into chains of inserts, 5x slower here.)
+// All lanes = v: lane 0 shuffled to all, which becomes one vbroadcastss from memory. (0 + v costs an add,
+// since 0 + v is not v for v = -0; a lane-by-lane initialiser or 1 * v GCC's vectoriser turns into
+// chains of inserts, 5x slower here.)
 template <typename T>
 __attribute__((always_inline)) inline V8<T> bcast(T v) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+  const V8<T> t = {v};
+  return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0);
+#else
   return V8<T>{} + v;
+#endif
 }
 
 // The first n (< 8) lanes of a vector from / to memory (a row's last, partial vector).
