@@ -69,14 +69,14 @@ __attribute__((always_inline)) inline V8<T> bcast(T v) {
 
 // The first n (< 8) lanes of a vector from / to memory (a row's last, partial vector).
 template <typename T>
-inline V8<T> load_part(const T* p, int n) {
+__attribute__((always_inline)) inline V8<T> load_part(const T* p, int n) {
   T tmp[8] = {};
   std::memcpy(tmp, p, sizeof(T) * n);
   return load8(tmp);
 }
 
 template <typename T>
-inline void store_part(T* p, const V8<T>& v, int n) {
+__attribute__((always_inline)) inline void store_part(T* p, const V8<T>& v, int n) {
   T tmp[8];
   store8(tmp, v);
   std::memcpy(p, tmp, sizeof(T) * n);
@@ -91,6 +91,20 @@ struct Conv {
 // stay in registers); a panel whose width is not a multiple of 8 has zero-padded weights and stores
 // its last vector partially.
 constexpr int64_t kPanel = 64;
+
+// One output row of a panel: bias, activation, and the store of its first `width` values.
+template <typename T, int NV>
+__attribute__((always_inline)) inline void finish_row(const V8<T>* acc, const T* bias, T slope, T* yr, int width) {
+  for (int v = 0; v < NV; ++v) {
+    V8<T> a = acc[v];
+    if (bias) a += load8(bias + 8 * v);
+    if (slope >= T(0)) a = a > T(0) ? a : a * slope;
+    if (8 * v + 8 <= width)
+      store8(yr + 8 * v, a);
+    else
+      store_part(yr + 8 * v, a, width - 8 * v);
+  }
+}
 
 // Rows [i0, i1) of one output panel: y[i, :width] = act(bias + gather-conv), wp (K, C_in, 8 NV) the
 // panel's weights, y and bias already offset to the panel. NS accumulator sets over the input channels
@@ -121,17 +135,9 @@ CONV_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __re
         for (int v = 0; v < NV; ++v) acc[0][v] += xv * load8(wk + ci * W + 8 * v);
       }
     }
-    T* yr = y + i * c.cout;
-    for (int v = 0; v < NV; ++v) {
-      V8<T> a = acc[0][v];
-      for (int s = 1; s < NS; ++s) a += acc[s][v];
-      if (bias) a += load8(bias + 8 * v);
-      if (slope >= T(0)) a = a > T(0) ? a : a * slope;
-      if (8 * v + 8 <= width)
-        store8(yr + 8 * v, a);
-      else
-        store_part(yr + 8 * v, a, width - 8 * v);
-    }
+    for (int s = 1; s < NS; ++s)
+      for (int v = 0; v < NV; ++v) acc[0][v] += acc[s][v];
+    finish_row<T, NV>(acc[0], bias, slope, y + i * c.cout, width);
   }
 }
 
@@ -192,18 +198,7 @@ CONV_CLONES void conv_rows_by_offset(const Conv& c, const T* __restrict__ x, con
         for (int v = 0; v < NV; ++v) out[rows[p]][v] = acc[v];
       }
     }
-    for (int64_t i = ib; i < ie; ++i) {
-      T* yr = y + i * c.cout;
-      for (int v = 0; v < NV; ++v) {
-        V8<T> a = out[i - ib][v];
-        if (bias) a += load8(bias + 8 * v);
-        if (slope >= T(0)) a = a > T(0) ? a : a * slope;
-        if (8 * v + 8 <= width)
-          store8(yr + 8 * v, a);
-        else
-          store_part(yr + 8 * v, a, width - 8 * v);
-      }
-    }
+    for (int64_t i = ib; i < ie; ++i) finish_row<T, NV>(out[i - ib], bias, slope, y + i * c.cout, width);
   }
 }
 
