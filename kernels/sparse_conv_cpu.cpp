@@ -1,7 +1,7 @@
 // Sparse 3D convolution on the CPU in gather form, for the decoder's U-Net (recon/decoder/sparse_conv.py
 // builds the neighbour tables and wraps this in autograd):
 //   y[i] = act(bias + sum_k x[nbr[i, k]] @ w[k])          nbr (N_out, K) int32, -1 = no neighbour
-// with w (K, C_in, C_out) and act = LeakyReLU(slope) (slope < 0: identity). An empty table (0 columns)
+// with w (K, C_in, C_out) and act = LeakyReLU(slope) (a negative slope stands for no activation). An empty table (0 columns)
 // is the identity, y[i] = act(bias + x[i] @ w[0]): a per-voxel linear layer.
 // The backward takes the transposed table nbr_t (N_in, K), nbr_t[j, k] = i where nbr[i, k] = j (each
 // (j, k) has at most one such i for submanifold, strided and inverse convs), so the input gradient is
@@ -84,7 +84,8 @@ __attribute__((always_inline)) inline void store_part(T* p, const V8<T>& v, int 
 
 struct Conv {
   int64_t n_out, cin, cout, k;
-  const int32_t* nbr;  // nullptr: identity
+  const int32_t* nbr;  // (n_out, k) table; unused for the identity
+  bool identity;       // a per-row layer (0-column table): row i reads row i
 };
 
 // Output columns go in panels of up to 64 (NV <= 8 vectors per row, so the accumulators of a row
@@ -120,7 +121,7 @@ CONV_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __re
     for (int s = 0; s < NS; ++s)
       for (int v = 0; v < NV; ++v) acc[s][v] = V8<T>{};
     for (int64_t k = 0; k < c.k; ++k) {
-      const int64_t j = c.nbr ? c.nbr[i * c.k + k] : i;
+      const int64_t j = c.identity ? i : c.nbr[i * c.k + k];
       if (j < 0) continue;
       const T* xr = x + j * c.cin;
       const T* wk = wp + k * c.cin * W;
@@ -222,7 +223,7 @@ void conv(const Conv& c, const T* x, const T* w, const T* bias, T slope, T* y) {
     T bpad[kPanel] = {};
     if (bias) std::memcpy(bpad, bias + o0, sizeof(T) * width);
     const T* bp = bias ? bpad : nullptr;
-    const bool by_offset = c.nbr != nullptr && c.k > 8;  // 3x3x3 tables; kernel-2 ones have 1-8 entries a row
+    const bool by_offset = !c.identity && c.k > 8;  // 3x3x3 tables; kernel-2 ones have 1-8 entries a row
     parallel_run(c.n_out, 512, [&](int64_t i0, int64_t i1, int) {
 #define CONV_CASE(N)                                                                   \
   case N:                                                                              \
@@ -265,7 +266,7 @@ CONV_CLONES void weight_grad(const Conv& c, const T* __restrict__ x, const T* __
     for (int64_t k = 0; k < c.k; ++k) {
       int n = 0;
       for (int64_t i = ib; i < ie; ++i) {
-        const int64_t j = c.nbr ? c.nbr[i * c.k + k] : i;
+        const int64_t j = c.identity ? i : c.nbr[i * c.k + k];
         rows[n] = i - ib;
         srcs[n] = j;
         n += j >= 0;
@@ -403,7 +404,8 @@ Conv make_conv(const Tensor& x, const Tensor& w, const Tensor& nbr) {
   c.cin = x.size(1);
   c.cout = w.size(2);
   c.k = w.size(0);
-  c.nbr = identity ? nullptr : nbr.data_ptr<int32_t>();
+  c.nbr = identity ? nullptr : nbr.data_ptr<int32_t>();  // null for a table without rows too
+  c.identity = identity;
   return c;
 }
 
@@ -440,7 +442,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv_backward(const Tensor& g, const T
   TORCH_CHECK(slope < 0 || (y.device().is_cpu() && y.is_contiguous() && y.sizes() == g.sizes() &&
                              y.scalar_type() == g.scalar_type()),
               "sparse_conv: y must be like the gradient");
-  const bool identity = c.nbr == nullptr;
+  const bool identity = c.identity;
   if (!identity) TORCH_CHECK(nbr_t.dim() == 2 && nbr_t.size(1) == c.k, "sparse_conv: nbr_t must have K columns");
   if (need_x && !identity) check_table(nbr_t, x.size(0), c.n_out, "nbr_t");
   if (need_w && !identity) check_table(nbr, c.n_out, x.size(0), "nbr");
@@ -473,7 +475,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv_backward(const Tensor& g, const T
       // dx = gather-conv of gp through the transposed table with w[k]^T (K, C_out, C_in)
       Tensor wt = w.transpose(1, 2).contiguous();
       dx = at::empty_like(x);
-      Conv t{x.size(0), co, c.cin, c.k, identity ? nullptr : nbr_t.data_ptr<int32_t>()};
+      Conv t{x.size(0), co, c.cin, c.k, identity ? nullptr : nbr_t.data_ptr<int32_t>(), identity};
       conv<T>(t, pgp, wt.data_ptr<T>(), nullptr, T(-1), dx.data_ptr<T>());
     }
     if (need_w) {

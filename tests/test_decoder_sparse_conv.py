@@ -47,7 +47,7 @@ def _case(cin, cout, k, dtype, seed=0, n_in=37, n_out=29):
 
 # widths: multiples of 8 (whole vectors), odd ones (a partial last vector), over 64 (two panels)
 SHAPES = [(5, 8, 27), (16, 16, 27), (32, 16, 8), (12, 7, 8), (8, 13, 27), (21, 73, 0), (3, 100, 8), (16, 64, 0),
-          (1, 1, 1), (40, 24, 27)]
+          (1, 1, 1), (40, 24, 27), (9, 48, 27), (4, 41, 27)]
 
 
 @pytest.mark.parametrize("cin,cout,k", SHAPES)
@@ -77,9 +77,12 @@ def test_many_rows_across_threads_match_one_thread():
         y = sc.sparse_conv(x, w, b, nbr, nbr_t, 0.1)
         results.append((y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y))))
     ref = sc.reference(x, w, b, nbr, 0.1)
-    torch.testing.assert_close(results[0][0], ref, rtol=1e-5, atol=1e-5)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), torch.ones_like(ref))
+    for res in results:
+        for a, r in zip(res, (ref, *ref_grads)):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)  # float32 sums in another order
     for a, c in zip(*results):
-        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)  # float32 sums in another order
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cin,cout,k,slope", [(3, 5, 8, 0.2), (4, 9, 27, None), (2, 3, 0, 0.1)])
@@ -99,6 +102,36 @@ def test_no_bias_and_inputs_without_grad():
     (gw,) = torch.autograd.grad(y.sum(), (w,))
     (gw_ref,) = torch.autograd.grad(sc.reference(x, w, None, nbr, 0.1).sum(), (w,))
     torch.testing.assert_close(gw, gw_ref)
+
+
+@pytest.mark.parametrize("n_in,n_out,cin,cout,k", [(5, 0, 4, 8, 27), (5, 0, 4, 8, 8), (0, 6, 4, 8, 8), (6, 4, 0, 8, 8),
+                                                  (6, 4, 3, 0, 8), (0, 0, 3, 5, 0)])
+def test_empty_sizes(n_in, n_out, cin, cout, k):
+    x = torch.randn(n_in, cin, requires_grad=True)
+    w = torch.randn(max(k, 1), cin, cout, requires_grad=True)
+    b = torch.randn(cout, requires_grad=True)
+    if k == 0:
+        nbr = nbr_t = sc.IDENTITY
+    else:
+        nbr = torch.full((n_out, k), -1, dtype=torch.int32)
+        nbr_t = torch.full((n_in, k), -1, dtype=torch.int32)
+    y = sc.sparse_conv(x, w, b, nbr, nbr_t, 0.1)
+    ref = sc.reference(x, w, b, nbr, 0.1)
+    torch.testing.assert_close(y, ref)
+    grads = torch.autograd.grad(y.sum(), (x, w, b))
+    ref_grads = torch.autograd.grad(ref.sum(), (x, w, b), allow_unused=True, materialize_grads=True)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r)
+
+
+def test_gradient_of_the_input_only_and_bad_slope():
+    x, w, b, nbr, nbr_t = _case(6, 16, 27, torch.float64)
+    w, b = w.detach(), b.detach()
+    (gx,) = torch.autograd.grad(sc.sparse_conv(x, w, b, nbr, nbr_t, 0.1).sum(), (x,))
+    (gx_ref,) = torch.autograd.grad(sc.reference(x, w, b, nbr, 0.1).sum(), (x,))
+    torch.testing.assert_close(gx, gx_ref)
+    with pytest.raises(ValueError, match="slope"):
+        sc.sparse_conv(x, w, b, nbr, nbr_t, -0.1)
 
 
 def test_bad_tables_are_refused():

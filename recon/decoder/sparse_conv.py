@@ -97,7 +97,8 @@ class _SparseConvCPU(torch.autograd.Function):
         x = x.contiguous()
         b = bias.contiguous() if bias is not None else x.new_zeros(0)
         y = load().sparse_conv_forward(x, w, nbr, b, slope)
-        ctx.save_for_backward(x, w, y, nbr, nbr_t)
+        # the backward reads y only for the activation's derivative
+        ctx.save_for_backward(x, w, y if slope >= 0 else x.new_zeros(0), nbr, nbr_t)
         ctx.slope, ctx.has_bias = slope, bias is not None
         return y
 
@@ -117,7 +118,11 @@ def sparse_conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, nbr
     """act(bias + sum_k x[nbr[:, k]] @ w[k]) by the CPU kernel; slope None = no activation.
 
     x (N_in, C_in); w (K, C_in, C_out); nbr (N_out, K) int32 (IDENTITY: a per-row linear layer, K = 1);
-    nbr_t (N_in, K) its transpose (nbr_t[j, k] = i where nbr[i, k] = j), used by the backward."""
+    nbr_t (N_in, K) its transpose (nbr_t[j, k] = i where nbr[i, k] = j), used by the backward: the kernel
+    checks that both tables index inside their tensors, not that one is the other's transpose (the
+    caller's part; build_tables' tables are)."""
+    if slope is not None and slope < 0:
+        raise ValueError(f"slope must be >= 0 (LeakyReLU) or None (no activation), got {slope}")
     return _SparseConvCPU.apply(x, w.contiguous(), bias, nbr, nbr_t, -1.0 if slope is None else float(slope))
 
 
@@ -128,7 +133,8 @@ def reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, nbr: 
         y = x @ w[0]
     else:
         idx = nbr.long()
-        gathered = x[idx.clamp(min=0)] * (idx >= 0).unsqueeze(-1).to(x.dtype)  # (N_out, K, C_in)
+        padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # absent neighbours (-1) read the zero row
+        gathered = padded[torch.where(idx >= 0, idx, x.shape[0])]  # (N_out, K, C_in)
         y = torch.einsum("nki,kio->no", gathered, w)
     if bias is not None:
         y = y + bias

@@ -121,6 +121,8 @@ class SparseUNet(nn.Module):
             nbr = nbr_t = sparse_conv.IDENTITY
         else:
             w, bias, act = sparse_conv.kernel_weight(module.conv.weight), module.bias, module.act
+        if not isinstance(act, (nn.LeakyReLU, nn.Identity)):
+            raise TypeError(f"the CPU sparse-conv path knows LeakyReLU and no activation, not {type(act).__name__}")
         slope = act.negative_slope if isinstance(act, nn.LeakyReLU) else None
         return sparse_conv.sparse_conv(x, w, bias, nbr, nbr_t, slope)
 
