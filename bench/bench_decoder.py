@@ -5,8 +5,9 @@ backward, one 400x400 view). The target is that the decoder adds at most 30 % to
     nice python bench/bench_decoder.py [--voxels 20000] [--threads 1 2] [--reps 5] [--sh-degree 3]
 
 Prints one line per thread count, with the decoder's time when its convs run in spconv (the CPU
-baseline our sparse-conv kernel replaces) measured in the same run. On a shared, oversubscribed machine two-thread timings of many small
-ops are dominated by waiting for the second thread; the load average is printed alongside.
+baseline our sparse-conv kernel replaces) measured in the same run. On a shared, oversubscribed
+machine two-thread timings of many small ops are dominated by waiting for the second thread; the load
+average is printed alongside.
 
 Then a full training iteration (recon.train: pick a view, render, loss, backward, optimizer step) with
 the decoder (StructuredTrainer, voxel management off) against free Gaussians (Trainer, no densification)
