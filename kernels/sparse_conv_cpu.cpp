@@ -1,8 +1,8 @@
 // Sparse 3D convolution on the CPU in gather form, for the decoder's U-Net (recon/decoder/sparse_conv.py
 // builds the neighbour tables and wraps this in autograd):
 //   y[i] = act(bias + sum_k x[nbr[i, k]] @ w[k])          nbr (N_out, K) int32, -1 = no neighbour
-// with w (K, C_in, C_out) and act = LeakyReLU(slope) (a negative slope stands for no activation). An empty table (0 columns)
-// is the identity, y[i] = act(bias + x[i] @ w[0]): a per-voxel linear layer.
+// with w (K, C_in, C_out) and act = LeakyReLU(slope) (a negative slope stands for no activation). An
+// empty table (0 columns) is the identity, y[i] = act(bias + x[i] @ w[0]): a per-voxel linear layer.
 // The backward takes the transposed table nbr_t (N_in, K), nbr_t[j, k] = i where nbr[i, k] = j (each
 // (j, k) has at most one such i for submanifold, strided and inverse convs), so the input gradient is
 // the same gather:
