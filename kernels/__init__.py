@@ -26,7 +26,7 @@ _SOURCES = (
     "parallel.cpp",
     "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp",
 )
-_HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h")
+_HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h", "vec8.h")
 # No -march=native (the CPU running the build may not be the one running it later): the AVX2 tile
 # kernels are a separate translation unit chosen at run time. Threads come from our own pool.
 _CFLAGS = ["-O3", "-fno-math-errno", "-Wno-psabi"]

@@ -23,49 +23,12 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec8.h"
 
 namespace splat {
 namespace {
 
 using at::Tensor;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12  // x86-64-v3 clones: GCC 12+
-#define CONV_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define CONV_CLONES
-#endif
-
-template <typename T>
-struct Lanes8 {
-  typedef T type __attribute__((vector_size(8 * sizeof(T))));  // 8 lanes: one AVX2 register of floats
-};
-template <typename T>
-using V8 = typename Lanes8<T>::type;
-
-template <typename T>
-__attribute__((always_inline)) inline V8<T> load8(const T* p) {
-  V8<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void store8(T* p, const V8<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// All lanes = v: lane 0 shuffled to all, which becomes one vbroadcastss from memory. (0 + v costs an add,
-// since 0 + v is not v for v = -0; a lane-by-lane initialiser or 1 * v GCC's vectoriser turns into
-// chains of inserts, 5x slower here.)
-template <typename T>
-__attribute__((always_inline)) inline V8<T> bcast(T v) {
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-  const V8<T> t = {v};
-  return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0);
-#else
-  return V8<T>{} + v;
-#endif
-}
 
 // The first n (< 8) lanes of a vector from / to memory (a row's last, partial vector).
 template <typename T>
@@ -111,7 +74,7 @@ __attribute__((always_inline)) inline void finish_row(const V8<T>* acc, const T*
 // panel's weights, y and bias already offset to the panel. NS accumulator sets over the input channels
 // keep enough independent FMA chains in flight (a panel row has only NV vectors).
 template <typename T, int NV>
-CONV_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __restrict__ wp,
+SIMD_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __restrict__ wp,
                            const T* __restrict__ bias, T slope, T* __restrict__ y, int width, int64_t i0,
                            int64_t i1) {
   constexpr int W = 8 * NV;
@@ -148,7 +111,7 @@ CONV_CLONES void conv_rows(const Conv& c, const T* __restrict__ x, const T* __re
 // stream every w[k] from L2 (a 3x3x3 conv's weights outgrow L1 from 16 x 32 channels on); here w[k]
 // (at most 64 x C_in values) stays in L1 while the block's rows pass.
 template <typename T, int NV>
-CONV_CLONES void conv_rows_by_offset(const Conv& c, const T* __restrict__ x, const T* __restrict__ wp,
+SIMD_CLONES void conv_rows_by_offset(const Conv& c, const T* __restrict__ x, const T* __restrict__ wp,
                                      const T* __restrict__ bias, T slope, T* __restrict__ y, int width,
                                      int64_t i0, int64_t i1) {
   constexpr int W = 8 * NV;
@@ -250,7 +213,7 @@ void conv(const Conv& c, const T* x, const T* w, const T* bias, T slope, T* y) {
 // offset k the rows with a neighbour are listed once, then each group of CB input channels of dw[k] is
 // summed over them in registers (CB * NV accumulators) and stored once.
 template <typename T, int NV>
-CONV_CLONES void weight_grad(const Conv& c, const T* __restrict__ x, const T* __restrict__ gp, int width,
+SIMD_CLONES void weight_grad(const Conv& c, const T* __restrict__ x, const T* __restrict__ gp, int width,
                              T* __restrict__ dw, int64_t i0, int64_t i1) {
   constexpr int W = 8 * NV;
   constexpr int CB = NV >= 8 ? 1 : (NV >= 4 ? 2 : (NV >= 2 ? 4 : 8));
@@ -333,7 +296,7 @@ void weight_grads(const Conv& c, const T* x, const T* gp, T* dw, int slots) {
 // gp = g * act'(y) (y > 0: 1, else slope) and the per-column sums of gp added to db. Vector code where
 // the width allows: scalar, GCC turns the select into a branch on the sign of y, which mispredicts.
 template <typename T>
-CONV_CLONES void activation_grad(const T* __restrict__ g, const T* __restrict__ y, T slope, T* __restrict__ gp,
+SIMD_CLONES void activation_grad(const T* __restrict__ g, const T* __restrict__ y, T slope, T* __restrict__ gp,
                                  T* __restrict__ db, int64_t rows, int64_t co) {
   if (co % 8 == 0) {
     const V8<T> one = bcast(T(1)), low = bcast(slope);
@@ -357,13 +320,13 @@ CONV_CLONES void activation_grad(const T* __restrict__ g, const T* __restrict__ 
 }
 
 template <typename T>
-CONV_CLONES void column_sums(const T* __restrict__ g, T* __restrict__ db, int64_t rows, int64_t co) {
+SIMD_CLONES void column_sums(const T* __restrict__ g, T* __restrict__ db, int64_t rows, int64_t co) {
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t o = 0; o < co; ++o) db[o] += g[i * co + o];
 }
 
 // Smallest and largest entry of a table (lo, hi keep their values when n = 0).
-CONV_CLONES void table_range(const int32_t* __restrict__ p, int64_t n, int32_t& lo, int32_t& hi) {
+SIMD_CLONES void table_range(const int32_t* __restrict__ p, int64_t n, int32_t& lo, int32_t& hi) {
   if (n == 0) return;
   int32_t a = p[0], b = p[0];
   for (int64_t e = 0; e < n; ++e) {

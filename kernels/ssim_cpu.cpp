@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec8.h"
 
 namespace splat {
 namespace {
@@ -54,19 +55,12 @@ void check(const Tensor& a, const Tensor& b, const Tensor& window) {
   TORCH_CHECK(a.size(1) >= window.numel() && a.size(2) >= window.numel(), "ssim: image smaller than the window");
 }
 
-// The inner loops, built twice (AVX2+FMA and baseline) and picked at load time by the CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12  // x86-64-v3 clones: GCC 12+
-#define SSIM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SSIM_CLONES
-#endif
-
 // out[j] = sum_k w[k] in[j + k * stride], k < K, summed in k order. Outputs are done in
 // blocks that stay in registers across the taps (8 AVX2 accumulators: enough independent FMA
 // chains to keep both units busy), so each is stored once instead of loaded and stored per tap.
 // The last block is moved back to end at n, recomputing a few outputs, instead of a scalar tail.
 template <typename T>
-SSIM_CLONES void fir(T* __restrict__ out, const T* __restrict__ in, const T* __restrict__ w, int64_t K,
+SIMD_CLONES void fir(T* __restrict__ out, const T* __restrict__ in, const T* __restrict__ w, int64_t K,
                      int64_t stride, int64_t n) {
   constexpr int64_t kBlock = 64;
   if (n < kBlock) {
@@ -75,22 +69,17 @@ SSIM_CLONES void fir(T* __restrict__ out, const T* __restrict__ in, const T* __r
       for (int64_t j = 0; j < n; ++j) out[j] += w[k] * in[k * stride + j];
     return;
   }
-  typedef T V __attribute__((vector_size(8 * sizeof(T))));  // one AVX2 register of floats
   constexpr int kVecs = kBlock / 8;
   for (int64_t j = 0;; j += kBlock) {
     if (j + kBlock > n) j = n - kBlock;
-    V acc[kVecs];
-    for (int i = 0; i < kVecs; ++i) acc[i] = V{};
+    V8<T> acc[kVecs];
+    for (int i = 0; i < kVecs; ++i) acc[i] = V8<T>{};
     for (int64_t k = 0; k < K; ++k) {
-      const V wk = V{} + w[k];
+      const V8<T> wk = bcast(w[k]);
       const T* src = in + k * stride + j;
-      for (int i = 0; i < kVecs; ++i) {
-        V x;
-        std::memcpy(&x, src + 8 * i, sizeof(V));
-        acc[i] += wk * x;
-      }
+      for (int i = 0; i < kVecs; ++i) acc[i] += wk * load8(src + 8 * i);
     }
-    for (int i = 0; i < kVecs; ++i) std::memcpy(out + j + 8 * i, &acc[i], sizeof(V));
+    for (int i = 0; i < kVecs; ++i) store8(out + j + 8 * i, acc[i]);
     if (j + kBlock == n) break;
   }
 }
@@ -119,7 +108,7 @@ inline Window<T> window_terms(const T* __restrict__ m, int64_t stride, int64_t j
 
 // SSIM of each window of one row.
 template <typename T>
-SSIM_CLONES void ssim_row(const T* __restrict__ m, int64_t stride, T* __restrict__ out, int64_t n) {
+SIMD_CLONES void ssim_row(const T* __restrict__ m, int64_t stride, T* __restrict__ out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const Window<T> w = window_terms(m, stride, j);
     out[j] = (w.A1 * w.A2) / (w.B1 * w.B2);
@@ -128,7 +117,7 @@ SSIM_CLONES void ssim_row(const T* __restrict__ m, int64_t stride, T* __restrict
 
 // Derivatives of scale * SSIM of each window of one row with respect to E[a], E[a^2] and E[ab].
 template <typename T>
-SSIM_CLONES void ssim_grad_row(const T* __restrict__ m, int64_t stride, T scale, T* __restrict__ d_mu,
+SIMD_CLONES void ssim_grad_row(const T* __restrict__ m, int64_t stride, T scale, T* __restrict__ d_mu,
                                T* __restrict__ d_aa, T* __restrict__ d_ab, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const Window<T> w = window_terms(m, stride, j);
