@@ -155,12 +155,12 @@ def test_bad_tables_are_refused():
         y.sum().backward()
 
 
-def _brute_force_tables(coords: torch.Tensor, levels: int):
-    """Per level: a dict cell -> row, the cells, and the cells' parents (cell // 2)."""
+def _brute_force_cells(coords: torch.Tensor, levels: int) -> list[list[tuple]]:
+    """The cells of each level: the input cells, then their parents (cell // 2) level by level."""
     out = []
     cells = [tuple(c) for c in coords.tolist()]
     for _ in range(levels):
-        out.append(({c: i for i, c in enumerate(cells)}, cells))
+        out.append(cells)
         cells = sorted({(a // 2, b // 2, c // 2) for a, b, c in cells})
     return out
 
@@ -171,9 +171,9 @@ def test_tables_match_brute_force(levels):
     coords = (torch.rand(11, 11, 11, generator=g) < 0.25).nonzero()
     coords = coords[torch.randperm(coords.shape[0], generator=g)].to(torch.int32)  # any input order
     tables = sc.build_tables(coords, 12, levels)
-    brute = _brute_force_tables(coords, levels)
+    brute = _brute_force_cells(coords, levels)
     assert len(tables) == levels
-    for lvl, (t, (index, cells)) in enumerate(zip(tables, brute)):
+    for lvl, (t, cells) in enumerate(zip(tables, brute)):
         assert sorted(map(tuple, t.coords.tolist())) == sorted(cells)
         rows = {tuple(c): i for i, c in enumerate(t.coords.tolist())}
         for i, cell in enumerate(t.coords.tolist()):
