@@ -82,10 +82,23 @@ void run_backward_tile(const TileData<T>& d, T* slab, int64_t tile) {
   generic::composite_backward<T>(d, slab, tile);
 }
 
+// Tiles by list length, longest first: threads claim them in this order, so the last tiles to
+// start are the cheap ones and no thread is left finishing a dense tile alone.
+template <typename T>
+std::vector<int32_t> heaviest_first(const TileData<T>& d, int64_t n_tiles) {
+  std::vector<int32_t> order(n_tiles);
+  for (int64_t t = 0; t < n_tiles; ++t) order[t] = static_cast<int32_t>(t);
+  const int32_t* to = d.tile_offsets;
+  std::stable_sort(order.begin(), order.end(),
+                   [to](int32_t a, int32_t b) { return to[a + 1] - to[a] > to[b + 1] - to[b]; });
+  return order;
+}
+
 template <typename T>
 void forward_all_tiles(const TileData<T>& d, int64_t n_tiles) {
+  const std::vector<int32_t> order = heaviest_first(d, n_tiles);
   parallel_run(n_tiles, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) run_forward_tile<T>(d, t);
+    for (int64_t t = b; t < e; ++t) run_forward_tile<T>(d, order[t]);
   });
 }
 
@@ -93,13 +106,14 @@ void forward_all_tiles(const TileData<T>& d, int64_t n_tiles) {
 template <typename T>
 std::vector<char> backward_all_tiles(const TileData<T>& d, T* slabs, int64_t slab_size, int n_slots, int64_t n_tiles) {
   std::vector<char> used(n_slots, 0);
+  const std::vector<int32_t> order = heaviest_first(d, n_tiles);
   parallel_run(n_tiles, 1, [&](int64_t b, int64_t e, int slot) {
     T* slab = slabs + slot * slab_size;
     if (!used[slot]) {
       std::fill(slab, slab + slab_size, T(0));
       used[slot] = 1;
     }
-    for (int64_t t = b; t < e; ++t) run_backward_tile<T>(d, slab, t);
+    for (int64_t t = b; t < e; ++t) run_backward_tile<T>(d, slab, order[t]);
   }, n_slots);
   return used;
 }
