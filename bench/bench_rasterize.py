@@ -197,11 +197,10 @@ def count_pairs(params, viewmats, Ks, width, height) -> dict:
 
 def run_worker(impl, config, runs, timeout, spin):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--configs", config, "--runs", str(runs)]
+    # the workers inherit the OpenMP wait settings `import recon` chose in main() (read once at start-up)
     env = dict(os.environ)
-    if not spin:
-        # libgomp's default busy-waiting makes every OpenMP region in torch's own ops (the loss, the
-        # baseline) burn whole time slices when other jobs share the cores; read once at start-up
-        env.setdefault("OMP_WAIT_POLICY", "passive")
+    if spin:
+        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -216,16 +215,21 @@ def main():
     parser.add_argument("--baseline-gb", type=float, default=3.0, help="skip the baseline above this estimate")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--omp-spin", action="store_true", help="keep libgomp's default busy-wait policy")
+    parser.add_argument("--omp-spin", action="store_true", help="libgomp's default busy-wait, not recon's")
     parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.configs, args.runs)))
         return
 
+    if not args.omp_spin:
+        import recon  # noqa: F401  (sets the product's OpenMP wait policy, for both workers)
     load_before = os.getloadavg()
-    policy = "default" if args.omp_spin else os.environ.get("OMP_WAIT_POLICY", "passive")
-    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, "
+    policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                       if k in os.environ) or "OpenMP defaults"
+    if args.omp_spin:
+        policy = "GOMP_SPINCOUNT=300000 (libgomp's default)"
+    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, {policy}, "
           f"load average {load_before[0]:.1f} at start")
     header = ("| size | ours fwd ms | ours bwd ms | ours best fwd+bwd ms | ours CPU ms | ours extra MB | "
               "baseline fwd ms | baseline bwd ms | baseline CPU ms | baseline extra MB | speed-up wall | "
