@@ -185,8 +185,8 @@ def count_pairs(params, viewmats, Ks, width, height) -> dict:
     means, quats, scales, opacities, colors = [p.detach() for p in params]
     campos = torch.inverse(viewmats)[:, :3, 3].contiguous()
     radii, means2d, depths, conics, _ = ops.project_forward(
-        means, quats, scales, opacities, viewmats, Ks, campos, torch.zeros(0), -1, width, height, 0.3, 0.01,
-        1e10, 0.0)
+        means, quats, scales, opacities, viewmats, Ks, campos, torch.zeros(0), torch.zeros(0), -1, width, height,
+        0.3, 0.01, 1e10, 0.0)
     n = means.shape[0]
     out = ops.rasterize_forward(means2d, conics, colors[None].contiguous(), opacities[None].contiguous(), radii,
                                 depths, torch.zeros(n, dtype=torch.int32), torch.zeros(0), 1, width, height)

@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
@@ -272,27 +273,34 @@ LANES_INLINE void project_lanes(const V<S>* mean, const V<S>* quat, const V<S>* 
 
 template <typename S>
 struct ProjectArgs {
-  int64_t N = 0, C = 0, K = 0;
+  int64_t N = 0, C = 0;
   int n_bases = 0;  // 0: no SH colours
   ProjectSettings s{};
   const S *means = nullptr, *quats = nullptr, *scales = nullptr, *opacities = nullptr;
-  const S *viewmats = nullptr, *Ks = nullptr, *campos = nullptr, *sh = nullptr;
+  const S *viewmats = nullptr, *Ks = nullptr, *campos = nullptr;
+  // SH coefficients as two (N, K_i, 3) arrays, bases [0, K0) then [K0, K0 + K1): one whole array with an
+  // empty rest, or the (DC, rest) pair trainers keep, without concatenating them
+  const S *sh = nullptr, *sh_rest = nullptr;
+  int64_t K0 = 0, K1 = 0;
   // forward outputs
   int32_t* radii = nullptr;
   S *means2d = nullptr, *depths = nullptr, *conics = nullptr, *colors = nullptr;
   // backward inputs and outputs
   const int32_t* radii_in = nullptr;
   const S *v_means2d = nullptr, *v_depths = nullptr, *v_conics = nullptr, *v_colors = nullptr;
-  S *v_means = nullptr, *v_quats = nullptr, *v_scales = nullptr, *v_sh = nullptr;
+  S *v_means = nullptr, *v_quats = nullptr, *v_scales = nullptr, *v_sh = nullptr, *v_sh_rest = nullptr;
 };
 
 // SH coefficients of 8 Gaussians as lanes: coef[k * 3 + ch].
 template <typename S>
 LANES_INLINE void gather_sh(const ProjectArgs<S>& a, int64_t g0, int count, V<S>* coef) {
-  const int n = a.n_bases * 3;
+  const int n = a.n_bases * 3, n0 = static_cast<int>(std::min<int64_t>(a.K0, a.n_bases)) * 3;
   for (int i = 0; i < 8; ++i) {
-    const S* src = a.sh + (g0 + (i < count ? i : count - 1)) * a.K * 3;
-    for (int j = 0; j < n; ++j) coef[j][i] = src[j];
+    const int64_t g = g0 + (i < count ? i : count - 1);
+    const S* head = a.sh + g * a.K0 * 3;
+    const S* rest = a.sh_rest + g * a.K1 * 3 - n0;
+    for (int j = 0; j < n0; ++j) coef[j][i] = head[j];
+    for (int j = n0; j < n; ++j) coef[j][i] = rest[j];
   }
 }
 
@@ -505,9 +513,10 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
       for (int j = 0; j < 3; ++j) a.v_means[3 * g + j] = acc_m[j][i];
       for (int j = 0; j < 4; ++j) a.v_quats[4 * g + j] = acc_q[j][i];
       for (int j = 0; j < 3; ++j) a.v_scales[3 * g + j] = acc_s[j][i];
-      if (use_sh) {
-        S* dst = a.v_sh + g * a.K * 3;
-        for (int j = 0; j < 3 * n_bases; ++j) dst[j] = acc_sh[j][i];
+      if (use_sh) {  // every coefficient is written (bases past the degree get 0): no zero fill first
+        S* head = a.v_sh + g * a.K0 * 3;
+        S* rest = a.v_sh_rest + g * a.K1 * 3 - a.K0 * 3;
+        for (int j = 0; j < 3 * (a.K0 + a.K1); ++j) (j < 3 * a.K0 ? head : rest)[j] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
       }
     }
   }
@@ -515,8 +524,8 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
 
 template <typename S>
 ProjectArgs<S> project_args(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& viewmats,
-                            const Tensor& Ks, const Tensor& campos, const Tensor& sh, int64_t sh_degree,
-                            const ProjectSettings& s) {
+                            const Tensor& Ks, const Tensor& campos, const Tensor& sh, const Tensor& sh_rest,
+                            int64_t sh_degree, const ProjectSettings& s) {
   ProjectArgs<S> a;
   a.N = means.size(0);
   a.C = viewmats.size(0);
@@ -529,7 +538,9 @@ ProjectArgs<S> project_args(const Tensor& means, const Tensor& quats, const Tens
   a.campos = campos.data_ptr<S>();
   if (sh_degree >= 0) {
     a.sh = sh.data_ptr<S>();
-    a.K = sh.size(1);
+    a.K0 = sh.size(1);
+    a.K1 = sh_rest.size(1);
+    a.sh_rest = a.K1 > 0 ? sh_rest.data_ptr<S>() : nullptr;
     a.n_bases = static_cast<int>((sh_degree + 1) * (sh_degree + 1));
   }
   return a;
@@ -541,9 +552,9 @@ constexpr int64_t kGaussiansPerChunk = 512;
 template <typename S>
 void project_forward_impl(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& opacities,
                           const Tensor& viewmats, const Tensor& Ks, const Tensor& campos, const Tensor& sh,
-                          int64_t sh_degree, const ProjectSettings& s, Tensor& radii, Tensor& means2d,
-                          Tensor& depths, Tensor& conics, Tensor& colors) {
-  ProjectArgs<S> a = project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, sh_degree, s);
+                          const Tensor& sh_rest, int64_t sh_degree, const ProjectSettings& s, Tensor& radii,
+                          Tensor& means2d, Tensor& depths, Tensor& conics, Tensor& colors) {
+  ProjectArgs<S> a = project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, sh_rest, sh_degree, s);
   a.opacities = opacities.data_ptr<S>();
   a.radii = radii.data_ptr<int32_t>();
   a.means2d = means2d.data_ptr<S>();
@@ -555,12 +566,14 @@ void project_forward_impl(const Tensor& means, const Tensor& quats, const Tensor
 
 template <typename S>
 void project_backward_impl(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& viewmats,
-                           const Tensor& Ks, const Tensor& campos, const Tensor& sh, int64_t sh_degree,
-                           const ProjectSettings& s, const Tensor& radii, const Tensor& v_means2d,
-                           const Tensor& v_depths, const Tensor& v_conics, const Tensor& v_colors, Tensor& v_means,
-                           Tensor& v_quats, Tensor& v_scales, Tensor& v_sh) {
+                           const Tensor& Ks, const Tensor& campos, const Tensor& sh, const Tensor& sh_rest,
+                           int64_t sh_degree, const ProjectSettings& s, const Tensor& radii,
+                           const Tensor& v_means2d, const Tensor& v_depths, const Tensor& v_conics,
+                           const Tensor& v_colors, Tensor& v_means, Tensor& v_quats, Tensor& v_scales, Tensor& v_sh,
+                           Tensor& v_sh_rest) {
   const bool use_sh = sh_degree >= 0 && v_colors.defined() && v_colors.numel() > 0;
-  ProjectArgs<S> a = project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, use_sh ? sh_degree : -1, s);
+  ProjectArgs<S> a =
+      project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, sh_rest, use_sh ? sh_degree : -1, s);
   a.radii_in = radii.data_ptr<int32_t>();
   a.v_means2d = v_means2d.data_ptr<S>();
   a.v_depths = v_depths.data_ptr<S>();
@@ -571,6 +584,7 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
   if (use_sh) {
     a.v_colors = v_colors.data_ptr<S>();
     a.v_sh = v_sh.data_ptr<S>();
+    a.v_sh_rest = a.K1 > 0 ? v_sh_rest.data_ptr<S>() : nullptr;
   }
   // one Gaussian per lane, cameras inside: every write goes to that Gaussian's own slots
   parallel_run(a.N, kGaussiansPerChunk, [&](int64_t begin, int64_t end, int) { project_backward_range<S>(a, begin, end); });
@@ -581,18 +595,36 @@ void check_cpu(const Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The SH input is the pair (sh (N, K0, 3), sh_rest (N, K1, 3)): bases [0, K0) then [K0, K0 + K1). Pass
+// an empty sh_rest for one whole array.
+void check_sh(const Tensor& means, const Tensor& sh, const Tensor& sh_rest, int64_t sh_degree) {
+  check_cpu(sh, "sh");
+  TORCH_CHECK(sh.dim() == 3 && sh.size(0) == means.size(0) && sh.size(2) == 3, "sh must be (N, K, 3)");
+  TORCH_CHECK(sh.scalar_type() == means.scalar_type(), "sh must have the dtype of means");
+  const bool has_rest = sh_rest.numel() > 0;
+  if (has_rest) {
+    check_cpu(sh_rest, "sh_rest");
+    TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(0) == means.size(0) && sh_rest.size(2) == 3,
+                "sh_rest must be (N, K, 3)");
+    TORCH_CHECK(sh_rest.scalar_type() == means.scalar_type(), "sh_rest must have the dtype of means");
+  }
+  const int64_t K = sh.size(1) + (has_rest ? sh_rest.size(1) : 0);
+  TORCH_CHECK((sh_degree + 1) * (sh_degree + 1) <= K && sh_degree <= 3, "sh_degree too high");
+}
+
+Tensor rest_or_empty(const Tensor& sh, const Tensor& sh_rest) {
+  return sh_rest.numel() > 0 ? sh_rest : at::empty({sh.size(0), 0, 3}, sh.options());
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> project_forward(
     const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& opacities,
-    const Tensor& viewmats, const Tensor& Ks, const Tensor& campos, const Tensor& sh, int64_t sh_degree,
-    int64_t width, int64_t height, double eps2d, double near_plane, double far_plane, double radius_clip) {
+    const Tensor& viewmats, const Tensor& Ks, const Tensor& campos, const Tensor& sh, const Tensor& sh_rest,
+    int64_t sh_degree, int64_t width, int64_t height, double eps2d, double near_plane, double far_plane,
+    double radius_clip) {
   for (auto* t : {&means, &quats, &scales, &opacities, &viewmats, &Ks, &campos}) check_cpu(*t, "projection input");
-  if (sh_degree >= 0) {
-    check_cpu(sh, "sh");
-    TORCH_CHECK(sh.dim() == 3 && sh.size(0) == means.size(0) && sh.size(2) == 3, "sh must be (N, K, 3)");
-    TORCH_CHECK((sh_degree + 1) * (sh_degree + 1) <= sh.size(1) && sh_degree <= 3, "sh_degree too high");
-  }
+  if (sh_degree >= 0) check_sh(means, sh, sh_rest, sh_degree);
   const int64_t N = means.size(0), C = viewmats.size(0);
   auto opts = means.options();
   Tensor radii = at::zeros({C, N, 2}, opts.dtype(at::kInt));
@@ -600,33 +632,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> project_forward(
   Tensor depths = at::zeros({C, N}, opts);
   Tensor conics = at::zeros({C, N, 3}, opts);
   Tensor colors = sh_degree >= 0 ? at::zeros({C, N, 3}, opts) : at::empty({0}, opts);
+  const Tensor rest = sh_degree >= 0 ? rest_or_empty(sh, sh_rest) : sh_rest;
   const ProjectSettings s{width, height, eps2d, near_plane, far_plane, radius_clip};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
-    project_forward_impl<scalar_t>(means, quats, scales, opacities, viewmats, Ks, campos, sh, sh_degree, s, radii,
-                                   means2d, depths, conics, colors);
+    project_forward_impl<scalar_t>(means, quats, scales, opacities, viewmats, Ks, campos, sh, rest, sh_degree, s,
+                                   radii, means2d, depths, conics, colors);
   });
   return {radii, means2d, depths, conics, colors};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> project_backward(
+// Returns v_means, v_quats, v_scales, v_sh, v_sh_rest (the last two shaped like sh and sh_rest).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> project_backward(
     const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& viewmats, const Tensor& Ks,
-    const Tensor& campos, const Tensor& sh, int64_t sh_degree, int64_t width, int64_t height, double eps2d,
-    const Tensor& radii, const Tensor& v_means2d, const Tensor& v_depths, const Tensor& v_conics,
-    const Tensor& v_colors) {
+    const Tensor& campos, const Tensor& sh, const Tensor& sh_rest, int64_t sh_degree, int64_t width,
+    int64_t height, double eps2d, const Tensor& radii, const Tensor& v_means2d, const Tensor& v_depths,
+    const Tensor& v_conics, const Tensor& v_colors) {
   for (auto* t : {&means, &quats, &scales, &viewmats, &Ks, &campos, &radii, &v_means2d, &v_depths, &v_conics})
     check_cpu(*t, "projection backward input");
-  Tensor v_means = at::zeros_like(means);
-  Tensor v_quats = at::zeros_like(quats);
-  Tensor v_scales = at::zeros_like(scales);
+  // every Gaussian's row is written by the kernel (zeros where no camera kept it)
+  Tensor v_means = at::empty_like(means);
+  Tensor v_quats = at::empty_like(quats);
+  Tensor v_scales = at::empty_like(scales);
   const bool use_sh = sh_degree >= 0 && v_colors.numel() > 0;
-  if (use_sh) check_cpu(v_colors, "v_colors");
-  Tensor v_sh = use_sh ? at::zeros_like(sh) : at::empty({0}, means.options());
+  if (use_sh) {
+    check_cpu(v_colors, "v_colors");
+    check_sh(means, sh, sh_rest, sh_degree);
+  }
+  const Tensor rest = use_sh ? rest_or_empty(sh, sh_rest) : sh_rest;
+  Tensor v_sh = use_sh ? at::empty_like(sh) : at::empty({0}, means.options());
+  Tensor v_sh_rest = use_sh ? at::empty_like(rest) : at::empty({0}, means.options());
   const ProjectSettings s{width, height, eps2d, 0.0, 0.0, 0.0};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
-    project_backward_impl<scalar_t>(means, quats, scales, viewmats, Ks, campos, sh, sh_degree, s, radii, v_means2d,
-                                    v_depths, v_conics, v_colors, v_means, v_quats, v_scales, v_sh);
+    project_backward_impl<scalar_t>(means, quats, scales, viewmats, Ks, campos, sh, rest, sh_degree, s, radii,
+                                    v_means2d, v_depths, v_conics, v_colors, v_means, v_quats, v_scales, v_sh,
+                                    v_sh_rest);
   });
-  return {v_means, v_quats, v_scales, v_sh};
+  return {v_means, v_quats, v_scales, v_sh, v_sh_rest};
 }
 
 }  // namespace splat

@@ -36,11 +36,12 @@ template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_forward(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double, double, double, double);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double, double, double,
+    double);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const at::Tensor&);
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 namespace {
 

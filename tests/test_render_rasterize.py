@@ -230,6 +230,64 @@ def test_spherical_harmonics_match_reference(sh_degree):
     torch.testing.assert_close(colors, ref_colors, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("sh_degree,split", [(3, 1), (1, 1), (3, 4), (0, 1), (2, 16)])
+def test_sh_pair_equals_one_sh_tensor(sh_degree, split):
+    """(sh0, shN) as trainers store them gives the images and gradients of cat([sh0, shN], 1); bases
+    past the degree get exactly zero gradient (the kernel writes them, nothing zero-fills first)."""
+    viewmats, Ks = cameras(2, W, H)
+    params = gaussians(45, seed=2, sh_degree=3)  # 45 Gaussians: the last group of 8 lanes is partial
+    whole = run(rasterize, params, viewmats, Ks, W, H, sh_degree=sh_degree)
+    sh = params[4]
+    head, rest = sh[:, :split].clone().requires_grad_(True), sh[:, split:].clone().requires_grad_(True)
+    others = [t.clone().requires_grad_(True) for t in params[:4]]
+    colors, alphas, _ = rasterize(*others, (head, rest), viewmats, Ks, W, H, sh_degree=sh_degree)
+    g = torch.Generator().manual_seed(5)  # the same random loss as run()
+    loss = (colors * torch.randn(colors.shape, generator=g)).sum() + (alphas * torch.randn(alphas.shape, generator=g)).sum()
+    loss.backward()
+    torch.testing.assert_close(colors, whole[0], atol=0, rtol=0)
+    torch.testing.assert_close(alphas, whole[1], atol=0, rtol=0)
+    for a, b in zip([t.grad for t in others], whole[3][:4]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    full_grad = whole[3][4]
+    if rest.shape[1]:
+        torch.testing.assert_close(torch.cat([head.grad, rest.grad], 1), full_grad, atol=0, rtol=0)
+    else:
+        assert rest.grad is None or not rest.grad.any()
+        torch.testing.assert_close(head.grad, full_grad, atol=0, rtol=0)
+    used = (sh_degree + 1) ** 2
+    assert full_grad[:, :used].abs().sum() > 0 and not full_grad[:, used:].any()
+
+
+def test_sh_pair_gradcheck_float64():
+    viewmats, Ks = cameras(2, 20, 14, torch.float64)
+    params = gaussians(4, seed=11, dtype=torch.float64, scale=2.0, sh_degree=2, spread=0.5)
+    params[3] = params[3] * 0.5
+    head = params[4][:, :1].clone().requires_grad_(True)
+    rest = params[4][:, 1:].clone().requires_grad_(True)
+    directions = torch.randn(2 * 14 * 20 * 4, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def fn(means, h, r):
+        colors, alphas, _ = rasterize(means, *params[1:4], (h, r), viewmats, Ks, 20, 14, sh_degree=2)
+        return torch.cat([colors, alphas], dim=-1).reshape(-1) @ directions
+
+    assert torch.autograd.gradcheck(fn, (params[0].requires_grad_(True), head, rest), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("colors,sh_degree,error", [
+    ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 3)), None, TypeError),  # a pair is SH: needs sh_degree
+    ((torch.zeros(10, 1, 3),), 0, TypeError),  # not a pair
+    ((torch.zeros(10, 1, 3), torch.zeros(9, 3, 3)), 1, ValueError),  # rows differ from means
+    ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 2)), 1, ValueError),  # not RGB
+    ((torch.zeros(10, 1, 3), torch.zeros(10, 2, 3)), 2, ValueError),  # 3 bases, degree 2 needs 9
+    ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 3, dtype=torch.int32)), 1, TypeError),
+])
+def test_sh_pair_bad_input_raises(colors, sh_degree, error):
+    args = _bad()
+    with pytest.raises(error):
+        rasterize(args["means"], args["quats"], args["scales"], args["opacities"], colors, args["viewmats"],
+                  args["Ks"], args["width"], args["height"], sh_degree=sh_degree)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "D", "ED", "RGB+D", "RGB+ED"])
 def test_backgrounds_and_depth_modes_match_reference(mode):
     viewmats, Ks = cameras(2, W, H)

@@ -42,7 +42,9 @@ def rasterize(
     """Render N Gaussians into C pinhole cameras.
 
     means (N,3); quats (N,4) wxyz, any norm; scales (N,3) and opacities (N,) already activated;
-    colors (N,D) / (C,N,D) values, or SH coefficients (N,K,3) when ``sh_degree`` is set;
+    colors (N,D) / (C,N,D) values, or SH coefficients (N,K,3) when ``sh_degree`` is set, which may also
+    be the pair (sh0 (N,1,3), shN (N,K-1,3)) that trainers keep: the CPU kernels read the two parts
+    where they are, with no per-step concatenation (and gradient split);
     viewmats (C,4,4) world-to-camera (OpenCV axes); Ks (C,3,3); backgrounds (C,D).
     Returns colours (C,H,W,D or D+1 with depth), alphas (C,H,W,1) and gsplat's meta dict.
     ``packed=True`` gives meta in gsplat's packed layout (nnz rows plus camera_ids/gaussian_ids);
@@ -51,9 +53,13 @@ def rasterize(
     cameras (viewmats/Ks are treated as constants); SH degrees 0-3; float32 or float64.
     Meta has no ``isect_ids`` (``flatten_ids``/``isect_offsets`` describe the tile lists).
     """
+    if isinstance(colors, list):
+        colors = tuple(colors)
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                   backgrounds, render_mode)
     if means.is_cuda:
+        if isinstance(colors, tuple):
+            colors = torch.cat(colors, dim=1)
         from gsplat import rasterization
 
         return rasterization(
@@ -73,8 +79,12 @@ def rasterize(
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                   backgrounds, render_mode) -> None:
+    sh_pair = isinstance(colors, tuple)
+    if sh_pair and (sh_degree is None or len(colors) != 2):
+        raise TypeError("colors as a pair must be (sh0, shN), two SH tensors, with sh_degree set")
+    parts = {"sh0": colors[0], "shN": colors[1]} if sh_pair else {"colors": colors}
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
-               "colors": colors, "viewmats": viewmats, "Ks": Ks}
+               **parts, "viewmats": viewmats, "Ks": Ks}
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -108,10 +118,12 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     else:
         if isinstance(sh_degree, bool) or int(sh_degree) != sh_degree or sh_degree < 0:
             raise ValueError(f"sh_degree must be a non-negative integer or None, got {sh_degree!r}")
-        if colors.dim() != 3 or colors.shape[0] != n or colors.shape[2] != 3:
-            raise ValueError(f"SH colors must be ({n}, K, 3), got {tuple(colors.shape)}")
-        if (sh_degree + 1) ** 2 > colors.shape[1]:
-            raise ValueError(f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} SH bases, colors has {colors.shape[1]}")
+        for name, t in parts.items():
+            if t.dim() != 3 or t.shape[0] != n or t.shape[2] != 3:
+                raise ValueError(f"SH {name} must be ({n}, K, 3), got {tuple(t.shape)}")
+        bases = sum(t.shape[1] for t in parts.values())
+        if (sh_degree + 1) ** 2 > bases:
+            raise ValueError(f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} SH bases, colors has {bases}")
         channels = 3
     if backgrounds is not None:
         want = 1 if render_mode in ("D", "ED") else channels
@@ -125,20 +137,20 @@ class _Project(torch.autograd.Function):
     """Means/quats/scales (+SH) -> per-camera 2D means, depths, conics (+view-dependent colours)."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, sh, opacities, viewmats, Ks, campos, sh_degree, width, height,
+    def forward(ctx, means, quats, scales, sh, sh_rest, opacities, viewmats, Ks, campos, sh_degree, width, height,
                 eps2d, near_plane, far_plane, radius_clip):
         ops = _ops()
         radii, means2d, depths, conics, colors = ops.project_forward(
-            means, quats, scales, opacities, viewmats, Ks, campos, sh, sh_degree, width, height,
+            means, quats, scales, opacities, viewmats, Ks, campos, sh, sh_rest, sh_degree, width, height,
             eps2d, near_plane, far_plane, radius_clip)
-        ctx.save_for_backward(means, quats, scales, sh, viewmats, Ks, campos, radii)
+        ctx.save_for_backward(means, quats, scales, sh, sh_rest, viewmats, Ks, campos, radii)
         ctx.settings = (sh_degree, width, height, eps2d)
         ctx.mark_non_differentiable(radii)
         return radii, means2d, depths, conics, colors
 
     @staticmethod
     def backward(ctx, _v_radii, v_means2d, v_depths, v_conics, v_colors):
-        means, quats, scales, sh, viewmats, Ks, campos, radii = ctx.saved_tensors
+        means, quats, scales, sh, sh_rest, viewmats, Ks, campos, radii = ctx.saved_tensors
         sh_degree, width, height, eps2d = ctx.settings
 
         def dense(g, like):
@@ -152,10 +164,11 @@ class _Project(torch.autograd.Function):
             v_colors = v_colors.contiguous() if v_colors is not None else means.new_zeros(radii.shape[:2] + (3,))
         else:
             v_colors = means.new_zeros(0)
-        v_means, v_quats, v_scales, v_sh = _ops().project_backward(
-            means, quats, scales, viewmats, Ks, campos, sh, sh_degree, width, height, eps2d, radii,
+        v_means, v_quats, v_scales, v_sh, v_sh_rest = _ops().project_backward(
+            means, quats, scales, viewmats, Ks, campos, sh, sh_rest, sh_degree, width, height, eps2d, radii,
             v_means2d, v_depths, v_conics, v_colors)
-        return (v_means, v_quats, v_scales, v_sh if sh_degree >= 0 else None,
+        has_sh, has_rest = sh_degree >= 0, sh_degree >= 0 and sh_rest.numel() > 0
+        return (v_means, v_quats, v_scales, v_sh if has_sh else None, v_sh_rest if has_rest else None,
                 None, None, None, None, None, None, None, None, None, None, None)
 
 
@@ -209,8 +222,12 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
     viewmats = viewmats.detach().to(dtype).contiguous()
     Ks = Ks.detach().to(dtype).contiguous()
     quats, scales, opacities = quats.to(dtype), scales.to(dtype), opacities.to(dtype)
+    sh_rest = means.new_zeros(0)
     if sh_degree is not None:
-        sh = colors.to(dtype).contiguous()
+        if isinstance(colors, tuple):
+            sh, sh_rest = (t.to(dtype).contiguous() for t in colors)
+        else:
+            sh = colors.to(dtype).contiguous()
         campos = torch.inverse(viewmats)[:, :3, 3].contiguous()
         degree = int(sh_degree)
     else:
@@ -219,7 +236,7 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
         degree = -1
 
     radii, means2d, depths, conics, sh_colors = _Project.apply(
-        means.contiguous(), quats.contiguous(), scales.contiguous(), sh, opacities.detach().contiguous(),
+        means.contiguous(), quats.contiguous(), scales.contiguous(), sh, sh_rest, opacities.detach().contiguous(),
         viewmats, Ks, campos, degree, width, height, float(eps2d), float(near_plane), float(far_plane),
         float(radius_clip))
 

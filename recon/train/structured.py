@@ -126,7 +126,7 @@ class StructuredTrainer(Trainer):
         means2d = meta["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()  # the screen-space gradient drives voxel growing
-        loss = self.loss(g, colors, alphas, target, vi, step)
+        loss = self.loss(g.opacity_logits, g.log_scales, colors, alphas, target, vi, step)
         loss.backward()
         self._update_decoder_lr()
         self.decoder_optimizer.step()
