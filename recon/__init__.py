@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP. libgomp's default lets idle workers spin for 300k rounds, and that made
-# 2-thread torch 10-70x slower as soon as anything else ran on a 2-core machine (SSIM at 64 px:
-# 332 ms spinning, 4.4 ms passive). Sleeping at once (passive) costs a wake-up of ~50-80 us per
-# parallel op instead, which is 10% of a small training step. A short spin (3000 rounds, a few us)
-# keeps back-to-back ops warm without the pathology: bench/bench_rasterize.py and the free
-# iteration of bench/bench_decoder.py measure it. A user's own OpenMP settings win.
-_OMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-if not any(name in os.environ for name in _OMP_SETTINGS):
-    os.environ["GOMP_SPINCOUNT"] = "3000"  # libgomp (Linux torch wheels)
-    os.environ["KMP_BLOCKTIME"] = "0"  # LLVM/Intel OpenMP (macOS wheels) has no spin count: passive
+# Before torch loads OpenMP: busy-waiting worker threads make 2-thread torch 10-70x slower as soon as
+# anything else runs on a 2-core machine (measured: SSIM at 64 px 332 ms spinning, 4.4 ms passive).
+# A short spin (GOMP_SPINCOUNT=3000) instead saved ~10% of a 5k-splat render step on an idle machine,
+# but with one other busy process the decoder's step took 2x and spconv's convs 3-5x as long: passive
+# it stays. A user's own OpenMP settings win.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,3 @@
-"""Imported by pytest before any test module: `import recon` first sets OpenMP's idle-wait policy (a short
-spin) before torch loads OpenMP (long spinning makes 2-thread torch many times slower on a busy 2-core
-machine)."""
+"""Imported by pytest before any test module: `import recon` first sets OMP_WAIT_POLICY=PASSIVE before torch
+loads OpenMP (spinning threads make 2-thread torch many times slower on a busy 2-core machine)."""
 import recon  # noqa: F401
