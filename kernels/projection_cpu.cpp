@@ -31,6 +31,7 @@ using M = decltype(V<S>{} < V<S>{});
 // Every helper taking or returning lanes is inlined into the SIMD_CLONES loops: a vector passed
 // by value between an AVX2 clone and a baseline-ISA function would not agree on the registers.
 #define LANES_INLINE __attribute__((always_inline)) inline
+#define LAMBDA_INLINE __attribute__((always_inline))  // the same for lambdas (not cloned either)
 
 // std::min / std::max semantics lane by lane (the second / first operand where a lane is NaN).
 template <typename L>
@@ -84,7 +85,7 @@ LANES_INLINE void congruence(const R* Rm, const L* S, L* out) {
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
       A[3 * i + j] = Rm[3 * i] * sym(S, 0, j) + Rm[3 * i + 1] * sym(S, 1, j) + Rm[3 * i + 2] * sym(S, 2, j);
-  auto entry = [&](int i, int j) { return A[3 * i] * Rm[3 * j] + A[3 * i + 1] * Rm[3 * j + 1] + A[3 * i + 2] * Rm[3 * j + 2]; };
+  auto entry = [&](int i, int j) LAMBDA_INLINE { return A[3 * i] * Rm[3 * j] + A[3 * i + 1] * Rm[3 * j + 1] + A[3 * i + 2] * Rm[3 * j + 2]; };
   out[XX] = entry(0, 0);
   out[XY] = entry(0, 1);
   out[XZ] = entry(0, 2);
@@ -214,7 +215,7 @@ LANES_INLINE void project_lanes(const V<S>* mean, const V<S>* quat, const V<S>* 
   L Mq[9];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) Mq[3 * i + j] = out.Rq[3 * i + j] * scale[j];
-  auto mm = [&](int i, int j) { return Mq[3 * i] * Mq[3 * j] + Mq[3 * i + 1] * Mq[3 * j + 1] + Mq[3 * i + 2] * Mq[3 * j + 2]; };
+  auto mm = [&](int i, int j) LAMBDA_INLINE { return Mq[3 * i] * Mq[3 * j] + Mq[3 * i + 1] * Mq[3 * j + 1] + Mq[3 * i + 2] * Mq[3 * j + 2]; };
   const L cov[6] = {mm(0, 0), mm(0, 1), mm(0, 2), mm(1, 1), mm(1, 2), mm(2, 2)};
   congruence(W, cov, out.cov_c);
 
@@ -298,9 +299,9 @@ LANES_INLINE void gather_sh(const ProjectArgs<S>& a, int64_t g0, int count, V<S>
   for (int i = 0; i < 8; ++i) {
     const int64_t g = g0 + (i < count ? i : count - 1);
     const S* head = a.sh + g * a.K0 * 3;
-    const S* rest = a.sh_rest + g * a.K1 * 3 - n0;
+    const S* rest = a.sh_rest ? a.sh_rest + g * a.K1 * 3 : nullptr;
     for (int j = 0; j < n0; ++j) coef[j][i] = head[j];
-    for (int j = n0; j < n; ++j) coef[j][i] = rest[j];
+    for (int j = n0; j < n; ++j) coef[j][i] = rest[j - n0];
   }
 }
 
@@ -409,7 +410,7 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
         u0[j] = V00 * r0[j] + V01 * r1[j];
         u1[j] = V01 * r0[j] + V11 * r1[j];
       }
-      auto vcc = [&](int i, int j) { return r0[i] * u0[j] + r1[i] * u1[j]; };
+      auto vcc = [&](int i, int j) LAMBDA_INLINE { return r0[i] * u0[j] + r1[i] * u1[j]; };
       const L v_cov_c[6] = {vcc(0, 0), vcc(0, 1), vcc(0, 2), vcc(1, 1), vcc(1, 2), vcc(2, 2)};
       L JC0[3], JC1[3];  // rows of J cov_c
       for (int j = 0; j < 3; ++j) {
@@ -462,7 +463,7 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
         d_s[j] = acc;
       }
       const L w = pr.qn[0], qx = pr.qn[1], qy = pr.qn[2], qz = pr.qn[3];
-      auto r = [&](int i, int j) { return v_R[3 * i + j]; };
+      auto r = [&](int i, int j) LAMBDA_INLINE { return v_R[3 * i + j]; };
       L v_qn[4];
       v_qn[0] = 2 * (-qz * r(0, 1) + qy * r(0, 2) + qz * r(1, 0) - qx * r(1, 2) - qy * r(2, 0) + qx * r(2, 1));
       v_qn[1] = 2 * (qy * r(0, 1) + qz * r(0, 2) + qy * r(1, 0) - 2 * qx * r(1, 1) - w * r(1, 2) + qz * r(2, 0) +
@@ -496,7 +497,7 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
           gcol = pass ? gcol : zero;
           for (int k = 0; k < n_bases; ++k) {
             acc_sh[k * 3 + ch] += pass ? basis[k] * gcol : zero;
-            for (int j = 0; j < 3; ++j) v_n[j] += dbasis[k][j] * coef[k * 3 + ch] * gcol;
+            for (int j = 0; j < 3; ++j) v_n[j] += pass ? dbasis[k][j] * coef[k * 3 + ch] * gcol : zero;
           }
         }
         const L dot = v_n[0] * n[0] + v_n[1] * n[1] + v_n[2] * n[2];
@@ -515,8 +516,9 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
       for (int j = 0; j < 3; ++j) a.v_scales[3 * g + j] = acc_s[j][i];
       if (use_sh) {  // every coefficient is written (bases past the degree get 0): no zero fill first
         S* head = a.v_sh + g * a.K0 * 3;
-        S* rest = a.v_sh_rest + g * a.K1 * 3 - a.K0 * 3;
-        for (int j = 0; j < 3 * (a.K0 + a.K1); ++j) (j < 3 * a.K0 ? head : rest)[j] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
+        S* rest = a.v_sh_rest ? a.v_sh_rest + g * a.K1 * 3 : nullptr;
+        for (int j = 0; j < 3 * a.K0; ++j) head[j] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
+        for (int j = 3 * a.K0; j < 3 * (a.K0 + a.K1); ++j) rest[j - 3 * a.K0] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
       }
     }
   }
@@ -571,7 +573,7 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
                            const Tensor& v_means2d, const Tensor& v_depths, const Tensor& v_conics,
                            const Tensor& v_colors, Tensor& v_means, Tensor& v_quats, Tensor& v_scales, Tensor& v_sh,
                            Tensor& v_sh_rest) {
-  const bool use_sh = sh_degree >= 0 && v_colors.defined() && v_colors.numel() > 0;
+  const bool use_sh = sh_degree >= 0 && v_colors.defined() && v_colors.dim() == 3;
   ProjectArgs<S> a =
       project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, sh_rest, use_sh ? sh_degree : -1, s);
   a.radii_in = radii.data_ptr<int32_t>();
@@ -601,7 +603,7 @@ void check_sh(const Tensor& means, const Tensor& sh, const Tensor& sh_rest, int6
   check_cpu(sh, "sh");
   TORCH_CHECK(sh.dim() == 3 && sh.size(0) == means.size(0) && sh.size(2) == 3, "sh must be (N, K, 3)");
   TORCH_CHECK(sh.scalar_type() == means.scalar_type(), "sh must have the dtype of means");
-  const bool has_rest = sh_rest.numel() > 0;
+  const bool has_rest = sh_rest.dim() == 3;  // (N, K1, 3); any other shape (e.g. (0,)) means none
   if (has_rest) {
     check_cpu(sh_rest, "sh_rest");
     TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(0) == means.size(0) && sh_rest.size(2) == 3,
@@ -613,7 +615,7 @@ void check_sh(const Tensor& means, const Tensor& sh, const Tensor& sh_rest, int6
 }
 
 Tensor rest_or_empty(const Tensor& sh, const Tensor& sh_rest) {
-  return sh_rest.numel() > 0 ? sh_rest : at::empty({sh.size(0), 0, 3}, sh.options());
+  return sh_rest.dim() == 3 ? sh_rest : at::empty({sh.size(0), 0, 3}, sh.options());
 }
 
 }  // namespace
@@ -653,7 +655,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> project_backward(
   Tensor v_means = at::empty_like(means);
   Tensor v_quats = at::empty_like(quats);
   Tensor v_scales = at::empty_like(scales);
-  const bool use_sh = sh_degree >= 0 && v_colors.numel() > 0;
+  const bool use_sh = sh_degree >= 0 && v_colors.dim() == 3;  // (C, N, 3), N may be 0
   if (use_sh) {
     check_cpu(v_colors, "v_colors");
     check_sh(means, sh, sh_rest, sh_degree);

@@ -280,6 +280,31 @@ def test_sh_unused_bases_get_zero_gradient(pair):
     assert not sh20.grad[:, 9:].any()
 
 
+def test_sh_infinite_coefficient_keeps_position_gradients_finite():
+    """A channel clamped at zero passes no gradient at all: a -inf coefficient there must not turn the
+    position gradient into NaN (0 * inf)."""
+    viewmats, Ks = cameras(2, W, H)
+    params = gaussians(20, seed=6, sh_degree=1)
+    params[4][3, 0, 0] = -float("inf")  # Gaussian 3's red channel: clamped to 0 everywhere
+    means = params[0].clone().requires_grad_(True)
+    colors, _, meta = rasterize(means, *params[1:], viewmats, Ks, W, H, sh_degree=1)
+    assert (meta["radii"][:, 3] > 0).all()  # the Gaussian is visible, so its gradient is computed
+    (colors * torch.randn(colors.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert torch.isfinite(means.grad).all() and means.grad[3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_sh_zero_gaussians(pair):
+    viewmats, Ks = cameras(2, W, H)
+    params = [t[:0].clone().requires_grad_(True) for t in gaussians(5, sh_degree=2)]
+    sh = (params[4][:, :1], params[4][:, 1:]) if pair else params[4]
+    colors, alphas, _ = rasterize(*params[:4], sh, viewmats, Ks, W, H, sh_degree=2,
+                                  backgrounds=torch.full((2, 3), 0.25))
+    assert (colors == 0.25).all() and not alphas.any()
+    (colors.sum() + alphas.sum()).backward()
+    assert params[0].grad.shape == (0, 3) and params[4].grad.shape == (0, 9, 3)
+
+
 def test_sh_pair_gradcheck_float64():
     viewmats, Ks = cameras(2, 20, 14, torch.float64)
     params = gaussians(4, seed=11, dtype=torch.float64, scale=2.0, sh_degree=2, spread=0.5)

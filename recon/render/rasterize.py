@@ -167,7 +167,7 @@ class _Project(torch.autograd.Function):
         v_means, v_quats, v_scales, v_sh, v_sh_rest = _ops().project_backward(
             means, quats, scales, viewmats, Ks, campos, sh, sh_rest, sh_degree, width, height, eps2d, radii,
             v_means2d, v_depths, v_conics, v_colors)
-        has_sh, has_rest = sh_degree >= 0, sh_degree >= 0 and sh_rest.numel() > 0
+        has_sh, has_rest = sh_degree >= 0, sh_degree >= 0 and sh_rest.dim() == 3
         return (v_means, v_quats, v_scales, v_sh if has_sh else None, v_sh_rest if has_rest else None,
                 None, None, None, None, None, None, None, None, None, None, None)
 
