@@ -199,8 +199,9 @@ def run_worker(impl, config, runs, timeout, spin):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--configs", config, "--runs", str(runs)]
     # the workers inherit the OpenMP wait settings `import recon` chose in main() (read once at start-up)
     env = dict(os.environ)
-    if spin:
-        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default
+    if spin:  # libgomp's own default, whatever the caller's environment says
+        env.pop("OMP_WAIT_POLICY", None)
+        env["GOMP_SPINCOUNT"] = "300000"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
