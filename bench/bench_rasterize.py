@@ -223,13 +223,12 @@ def main():
         print(json.dumps(worker(args.worker, args.configs, args.runs)))
         return
 
-    if not args.omp_spin:
-        import recon  # noqa: F401  (sets the product's OpenMP wait policy, for both workers)
-    load_before = os.getloadavg()
-    policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-                       if k in os.environ) or "OpenMP defaults"
     if args.omp_spin:
         policy = "GOMP_SPINCOUNT=300000 (libgomp's default)"
+    else:
+        import recon  # noqa: F401  (sets the product's OpenMP wait policy, for both workers)
+        policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
+    load_before = os.getloadavg()
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs, {policy}, "
           f"load average {load_before[0]:.1f} at start")
     header = ("| size | ours fwd ms | ours bwd ms | ours best fwd+bwd ms | ours CPU ms | ours extra MB | "
