@@ -148,24 +148,25 @@ def main() -> None:
     decoder = GaussianDecoder(cfg, voxels, sh_degree=args.sh_degree)
     n_gauss = len(voxels) * cfg.gaussians_per_voxel
 
-    # the gradients the rasterizer's backward would hand to the decoded Gaussians
-    grads = [torch.randn_like(t) * 1e-3 for t in decoder(voxels).tensors()]
+    # the gradients the rasterizer's backward would hand to the decoded Gaussians (as a training step
+    # decodes them: the higher SH orders once per voxel)
+    grads = [torch.randn_like(t) * 1e-3 for t in decoder.decode(voxels).tensors()]
 
     def decoder_step():
-        torch.autograd.backward(list(decoder(voxels).tensors()), grads)
+        torch.autograd.backward(list(decoder.decode(voxels).tensors()), grads)
 
     try:
         from recon.render.rasterize import rasterize
     except ImportError:
         rasterize = None
     with torch.no_grad():
-        leaves = [t.detach().clone() for t in decoder(voxels).tensors()]
+        leaves = [t.detach().clone() for t in decoder.decode(voxels).tensors()]
     viewmats, Ks = _camera(args.size, args.size)
 
     def raster_step():
-        means, quats, log_scales, opacity_logits, sh = (t.clone().requires_grad_(True) for t in leaves)
-        colors, alphas, _meta = rasterize(means, quats, torch.exp(log_scales), torch.sigmoid(opacity_logits), sh,
-                                          viewmats, Ks, args.size, args.size, sh_degree=args.sh_degree)
+        means, quats, log_scales, opacity_logits, sh0, sh_rest = (t.clone().requires_grad_(True) for t in leaves)
+        colors, alphas, _meta = rasterize(means, quats, torch.exp(log_scales), torch.sigmoid(opacity_logits),
+                                          (sh0, sh_rest), viewmats, Ks, args.size, args.size, sh_degree=args.sh_degree)
         (colors.square().mean() + alphas.mean()).backward()
 
     load = os.getloadavg()[0]

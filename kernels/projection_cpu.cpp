@@ -283,6 +283,8 @@ struct ProjectArgs {
   // empty rest, or the (DC, rest) pair trainers keep, without concatenating them
   const S *sh = nullptr, *sh_rest = nullptr;
   int64_t K0 = 0, K1 = 0;
+  // rest row g / G belongs to Gaussian g: G consecutive Gaussians may share one (a decoder's K per voxel)
+  int64_t G = 1;
   // forward outputs
   int32_t* radii = nullptr;
   S *means2d = nullptr, *depths = nullptr, *conics = nullptr, *colors = nullptr;
@@ -299,7 +301,7 @@ LANES_INLINE void gather_sh(const ProjectArgs<S>& a, int64_t g0, int count, V<S>
   for (int i = 0; i < 8; ++i) {
     const int64_t g = g0 + (i < count ? i : count - 1);
     const S* head = a.sh + g * a.K0 * 3;
-    const S* rest = a.sh_rest ? a.sh_rest + g * a.K1 * 3 : nullptr;
+    const S* rest = a.sh_rest ? a.sh_rest + (g / a.G) * a.K1 * 3 : nullptr;
     for (int j = 0; j < n0; ++j) coef[j][i] = head[j];
     for (int j = n0; j < n; ++j) coef[j][i] = rest[j - n0];
   }
@@ -516,9 +518,18 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
       for (int j = 0; j < 3; ++j) a.v_scales[3 * g + j] = acc_s[j][i];
       if (use_sh) {  // every coefficient is written (bases past the degree get 0): no zero fill first
         S* head = a.v_sh + g * a.K0 * 3;
-        S* rest = a.v_sh_rest ? a.v_sh_rest + g * a.K1 * 3 : nullptr;
         for (int j = 0; j < 3 * a.K0; ++j) head[j] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
-        for (int j = 3 * a.K0; j < 3 * (a.K0 + a.K1); ++j) rest[j - 3 * a.K0] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
+        if (a.v_sh_rest) {
+          // a shared row: the group's first Gaussian writes it, the others add (a chunk holds whole
+          // groups and runs them in order on one thread)
+          S* rest = a.v_sh_rest + (g / a.G) * a.K1 * 3;
+          const int r0 = 3 * static_cast<int>(a.K0);
+          if (g % a.G == 0) {
+            for (int j = r0; j < r0 + 3 * a.K1; ++j) rest[j - r0] = j < 3 * n_bases ? acc_sh[j][i] : S(0);
+          } else {
+            for (int j = r0; j < 3 * n_bases; ++j) rest[j - r0] += acc_sh[j][i];
+          }
+        }
       }
     }
   }
@@ -543,6 +554,7 @@ ProjectArgs<S> project_args(const Tensor& means, const Tensor& quats, const Tens
     a.K0 = sh.size(1);
     a.K1 = sh_rest.size(1);
     a.sh_rest = a.K1 > 0 ? sh_rest.data_ptr<S>() : nullptr;
+    a.G = sh_rest.size(0) > 0 ? a.N / sh_rest.size(0) : 1;
     a.n_bases = static_cast<int>((sh_degree + 1) * (sh_degree + 1));
   }
   return a;
@@ -550,6 +562,12 @@ ProjectArgs<S> project_args(const Tensor& means, const Tensor& quats, const Tens
 
 // Gaussians per chunk of the thread pool (a multiple of the 8 lanes).
 constexpr int64_t kGaussiansPerChunk = 512;
+
+// Chunks hold whole groups of Gaussians sharing an SH rest row (their gradient is summed in order).
+template <typename S>
+int64_t chunk_for(const ProjectArgs<S>& a) {
+  return a.G <= kGaussiansPerChunk ? kGaussiansPerChunk / a.G * a.G : a.G;
+}
 
 template <typename S>
 void project_forward_impl(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& opacities,
@@ -588,8 +606,8 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
     a.v_sh = v_sh.data_ptr<S>();
     a.v_sh_rest = a.K1 > 0 ? v_sh_rest.data_ptr<S>() : nullptr;
   }
-  // one Gaussian per lane, cameras inside: every write goes to that Gaussian's own slots
-  parallel_run(a.N, kGaussiansPerChunk, [&](int64_t begin, int64_t end, int) { project_backward_range<S>(a, begin, end); });
+  // one Gaussian per lane, cameras inside: every write goes to that Gaussian's own slots (or its group's)
+  parallel_run(a.N, chunk_for(a), [&](int64_t begin, int64_t end, int) { project_backward_range<S>(a, begin, end); });
 }
 
 void check_cpu(const Tensor& t, const char* name) {
@@ -606,8 +624,9 @@ void check_sh(const Tensor& means, const Tensor& sh, const Tensor& sh_rest, int6
   const bool has_rest = sh_rest.dim() == 3;  // (N, K1, 3); any other shape (e.g. (0,)) means none
   if (has_rest) {
     check_cpu(sh_rest, "sh_rest");
-    TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(0) == means.size(0) && sh_rest.size(2) == 3,
-                "sh_rest must be (N, K, 3)");
+    const int64_t n = means.size(0), rows = sh_rest.size(0);
+    TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(2) == 3 && (rows == n || (rows > 0 && n % rows == 0)),
+                "sh_rest must be (N, K, 3), or (N / G, K, 3) with a row per G consecutive Gaussians");
     TORCH_CHECK(sh_rest.scalar_type() == means.scalar_type(), "sh_rest must have the dtype of means");
   }
   const int64_t K = sh.size(1) + (has_rest ? sh_rest.size(1) : 0);

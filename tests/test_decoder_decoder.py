@@ -56,9 +56,15 @@ def test_shapes_and_cardinality(voxels):
     # DC per Gaussian, higher orders shared by the K Gaussians of a voxel
     with torch.no_grad():
         dec.head.weight.normal_(std=0.5)
-        sh = dec(voxels).sh.view(len(voxels), 4, 9, 3)
-    assert torch.equal(sh[:, 1:, 1:], sh[:, :1, 1:].expand(-1, 3, -1, -1))
+        dec.sh_head.weight.normal_(std=0.5)
+        decoded = dec.decode(voxels)
+        sh = decoded.gaussians().sh.view(len(voxels), 4, 9, 3)
+    assert torch.equal(sh[:, 1:, 1:], sh[:, :1, 1:].expand(-1, 3, -1, -1)) and sh[:, :, 1:].abs().sum() > 0
     assert not torch.equal(sh[:, 1:, 0], sh[:, :1, 0].expand(-1, 3, -1))
+    # decode() keeps them once per voxel
+    assert decoded.sh0.shape == (n, 1, 3) and decoded.sh_rest.shape == (len(voxels), 8, 3)
+    assert torch.equal(decoded.sh_rest, sh[:, 0, 1:]) and torch.equal(decoded.sh0[:, 0], sh.reshape(n, 9, 3)[:, 0])
+    assert GaussianDecoder(SMALL, voxels, sh_degree=0).decode(voxels).sh_rest.shape == (len(voxels), 0, 3)
 
 
 def test_initial_gaussians_are_the_seeded_ones(voxels):
@@ -108,6 +114,7 @@ def test_gradients_reach_network_and_latents(voxels):
     grads = {name: p.grad for name, p in dec.named_parameters()}
     assert grads["latents"] is not None and grads["latents"].abs().sum() > 0
     assert grads["head.weight"].abs().sum() > 0
+    assert "sh_head.weight" not in grads  # degree 0: no head for higher SH orders
     stem = [n for n in grads if n.startswith("unet.stem")]
     assert stem and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in stem)
 
@@ -265,25 +272,22 @@ def _head_by_plain_ops(raw, centers, dc, c):
     """The decoding formulas written with slicing and torch ops (autograd does the backward)."""
     from recon.gaussians import SH_C0
 
-    m, k, nb = raw.shape[0], c.k, c.num_bases
-    per = raw[:, : k * 14].view(m, k, 14)
+    m, k = raw.shape[0], c.k
+    per = raw.view(m, k, 14)
     off, log_s, quat, opa, sh_dc = per.split([3, 3, 4, 1, 3], dim=-1)
     means = centers[:, None, :] + c.offset_extent * torch.tanh(off + c.offset_bias)
     log_scales = c.log_scale_base + c.log_scale_span * torch.sigmoid(log_s + c.scale_bias)
     quats = quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0])
     opacity_logits = opa.squeeze(-1) + c.opacity_bias
-    sh = (sh_dc / SH_C0 + dc[:, None, :])[:, :, None, :]
-    if nb > 1:
-        rest = raw[:, k * 14:].view(m, 1, nb - 1, 3)
-        sh = torch.cat([sh, rest.expand(m, k, -1, -1)], dim=2)
+    sh0 = sh_dc / SH_C0 + dc[:, None, :]
     n = m * k
     return (means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3), opacity_logits.reshape(n),
-            sh.reshape(n, nb, 3))
+            sh0.reshape(n, 1, 3))
 
 
 @pytest.mark.parametrize("impl", ["torch", "cpu_kernel"])
-@pytest.mark.parametrize("k,degree", [(1, 0), (2, 1), (3, 3)])
-def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree, impl):
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, impl):
     """_DecodeHead (torch ops, one backward; used on CUDA) and _DecodeHeadCPU (C++ kernel) against the
     formulas written plainly."""
     from recon.decoder import decoder as dec_module
@@ -292,12 +296,11 @@ def test_fused_head_matches_plain_ops_values_gradients_gradcheck(k, degree, impl
     _DecodeHead = dec_module._DecodeHead if impl == "torch" else dec_module._DecodeHeadCPU
 
     g = torch.Generator().manual_seed(k)
-    nb = (degree + 1) ** 2
     m = 5
-    raw = torch.randn(m, k * 14 + 3 * (nb - 1), generator=g, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(m, k * 14, generator=g, dtype=torch.float64, requires_grad=True)
     centers = torch.randn(m, 3, generator=g, dtype=torch.float64)
     dc = torch.randn(m, 3, generator=g, dtype=torch.float64)
-    c = _HeadConstants(k, nb, 0.07, torch.randn(k, 3, generator=g, dtype=torch.float64) * 0.3, -1.2, -3.0, 4.6, -1.4)
+    c = _HeadConstants(k, 0.07, torch.randn(k, 3, generator=g, dtype=torch.float64) * 0.3, -1.2, -3.0, 4.6, -1.4)
     ours = _DecodeHead.apply(raw, centers, dc, c)
     ref = _head_by_plain_ops(raw, centers, dc, c)
     weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref]
@@ -336,3 +339,11 @@ def test_head_linear_kernel_equals_torch_products():
         results.append((raw, *torch.autograd.grad(raw, (h, x, w, b), up)))
     for a, c in zip(*results):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    # on the U-Net features alone (the SH head)
+    results = []
+    for kernel in (True, False):
+        raw = head_linear(h, None, w[:, :8], b, kernel=kernel)
+        results.append((raw, *torch.autograd.grad(raw, (h, w, b), up)))
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][0], h @ w[:, :8].t() + b, rtol=1e-12, atol=1e-12)

@@ -259,6 +259,55 @@ def test_sh_pair_equals_one_sh_tensor(sh_degree, split):
     assert full_grad[:, :used].abs().sum() > 0 and not full_grad[:, used:].any()
 
 
+@pytest.mark.parametrize("n,group,sh_degree,threads", [(45, 3, 3, 2), (45, 5, 2, 2), (44, 44, 3, 1),
+                                                       (1100, 5, 3, 2), (1030, 515, 1, 2)])
+def test_sh_shared_rest_equals_expanded(n, group, sh_degree, threads):
+    """shN with a row per group of G consecutive Gaussians renders as the expanded (N, K-1, 3) rest, and
+    its gradient is the expanded gradient summed over each group: groups straddling 8-lane passes,
+    several chunks on two threads, and groups larger than a chunk (G=515)."""
+    viewmats, Ks = cameras(2, W, H)
+    params = gaussians(n, seed=3, sh_degree=3, scale=0.1 if n < 100 else 0.03)
+    shared = params[4][::group, 1:].clone()  # (n / G, 15, 3)
+    head = params[4][:, :1].clone()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outs = []
+        for rest in (shared, shared.repeat_interleave(group, 0)):
+            leaves = [t.clone().requires_grad_(True) for t in params[:4] + [head, rest]]
+            colors, alphas, _ = rasterize(*leaves[:4], (leaves[4], leaves[5]), viewmats, Ks, W, H, sh_degree=sh_degree)
+            g = torch.Generator().manual_seed(5)
+            loss = (colors * torch.randn(colors.shape, generator=g)).sum()
+            (loss + (alphas * torch.randn(alphas.shape, generator=g)).sum()).backward()
+            outs.append((colors, alphas, [t.grad for t in leaves]))
+    finally:
+        torch.set_num_threads(before)
+    (c_sh, a_sh, g_sh), (c_ex, a_ex, g_ex) = outs
+    torch.testing.assert_close(c_sh, c_ex, atol=0, rtol=0)
+    torch.testing.assert_close(a_sh, a_ex, atol=0, rtol=0)
+    for a, b in zip(g_sh[:5], g_ex[:5]):
+        assert close(a, b, 1e-5)
+    summed = g_ex[5].view(n // group, group, 15, 3).sum(1)
+    used = (sh_degree + 1) ** 2 - 1
+    assert g_sh[5].shape == shared.shape and close(g_sh[5], summed, 1e-5)
+    assert summed[:, :used].abs().sum() > 0 and not g_sh[5][:, used:].any()
+
+
+def test_sh_shared_rest_gradcheck_float64():
+    viewmats, Ks = cameras(2, 20, 14, torch.float64)
+    params = gaussians(6, seed=12, dtype=torch.float64, scale=2.0, sh_degree=2, spread=0.5)
+    params[3] = params[3] * 0.5
+    head = params[4][:, :1].clone().requires_grad_(True)
+    rest = params[4][::3, 1:].clone().requires_grad_(True)  # 2 rows, 3 Gaussians each
+    directions = torch.randn(2 * 14 * 20 * 4, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def fn(means, h, r):
+        colors, alphas, _ = rasterize(means, *params[1:4], (h, r), viewmats, Ks, 20, 14, sh_degree=2)
+        return torch.cat([colors, alphas], dim=-1).reshape(-1) @ directions
+
+    assert torch.autograd.gradcheck(fn, (params[0].requires_grad_(True), head, rest), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("pair", [False, True])
 def test_sh_unused_bases_get_zero_gradient(pair):
     """More SH bases than the degree uses (here 20, past the kernel's 16): the rest get exactly 0, and
@@ -324,6 +373,9 @@ def test_sh_pair_gradcheck_float64():
     ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 3)), None, TypeError),  # a pair is SH: needs sh_degree
     ((torch.zeros(10, 1, 3),), 0, TypeError),  # not a pair
     ((torch.zeros(10, 1, 3), torch.zeros(9, 3, 3)), 1, ValueError),  # rows differ from means
+    ((torch.zeros(10, 1, 3), torch.zeros(3, 3, 3)), 1, ValueError),  # 3 rows cannot be shared by 10
+    ((torch.zeros(10, 1, 3), torch.zeros(0, 3, 3)), 1, ValueError),  # no rows for 10 Gaussians
+    ((torch.zeros(5, 1, 3), torch.zeros(10, 3, 3)), 1, ValueError),  # sh0 rows differ from means
     ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 2)), 1, ValueError),  # not RGB
     ((torch.zeros(10, 1, 3), torch.zeros(10, 2, 3)), 2, ValueError),  # 3 bases, degree 2 needs 9
     ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 3, dtype=torch.int32)), 1, TypeError),

@@ -11,13 +11,16 @@ Every output is bounded around a seeded Gaussian, and the network starts close t
   quats          = raw + (1, 0, 0, 0)
   opacity_logits = raw + logit(init_opacity)
   sh DC          = SH of the voxel colour + raw / SH_C0 (raw in colour units), one per Gaussian
-  sh degree >= 1 = raw, one set per voxel shared by its K Gaussians
-The head's weights start tiny, so the first decoded Gaussians are the seeded ones: voxel colour,
+  sh degree >= 1 = a second linear layer on the U-Net features, one set per voxel shared by its K
+                   Gaussians (view dependence varies smoothly within a voxel); `decode` returns it
+                   per voxel, as rasterize() takes it, and the Gaussians of `forward` repeat it
+The heads' weights start tiny, so the first decoded Gaussians are the seeded ones: voxel colour,
 scale init_scale voxel sizes, opacity init_opacity, centres on a fixed pattern inside the voxel.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -110,26 +113,25 @@ def check_voxels(voxels: SparseVoxels) -> None:
 class _HeadConstants:
     """What turns the head's raw output into Gaussians (see the module docstring for the formulas)."""
 
-    def __init__(self, k, num_bases, offset_extent, offset_bias, scale_bias, log_scale_base, log_scale_span,
-                 opacity_bias):
-        self.k, self.num_bases = k, num_bases
+    def __init__(self, k, offset_extent, offset_bias, scale_bias, log_scale_base, log_scale_span, opacity_bias):
+        self.k = k
         self.offset_extent, self.offset_bias = offset_extent, offset_bias  # offset_bias (k, 3)
         self.scale_bias, self.log_scale_base, self.log_scale_span = scale_bias, log_scale_base, log_scale_span
         self.opacity_bias = opacity_bias
 
 
 class _DecodeHead(torch.autograd.Function):
-    """raw head output (M, K*14 + 3*(B-1)) -> means, quats, log-scales, opacity logits, SH of the M*K
-    Gaussians, with one hand-written backward that fills the gradient of `raw` in place.
+    """raw head output (M, K*14) -> means, quats, log-scales, opacity logits, SH DC (N, 1, 3) of the
+    N = M*K Gaussians, with one hand-written backward that fills the gradient of `raw` in place.
 
     Written out with slicing and torch ops, autograd would give every slice of `raw` its own
-    full-size zero-filled gradient and sum them, and rebuild the SH by concatenation: on 20k voxels
-    that bookkeeping cost as much as the rest of the head."""
+    full-size zero-filled gradient and sum them: on 20k voxels that bookkeeping cost as much as the
+    rest of the head."""
 
     @staticmethod
     def forward(ctx, raw, centers, dc, c: _HeadConstants):
-        m, k, nb = raw.shape[0], c.k, c.num_bases
-        per = raw[:, : k * _PER_GAUSSIAN].view(m, k, _PER_GAUSSIAN)
+        m, k = raw.shape[0], c.k
+        per = raw.view(m, k, _PER_GAUSSIAN)
         t = torch.tanh(per[..., 0:3] + c.offset_bias)
         means = torch.add(centers[:, None, :], t, alpha=c.offset_extent)
         s = torch.sigmoid(per[..., 3:6] + c.scale_bias)
@@ -137,25 +139,22 @@ class _DecodeHead(torch.autograd.Function):
         quats = per[..., 6:10].clone()
         quats[..., 0] += 1.0
         opacity_logits = per[..., 10] + c.opacity_bias
-        sh = raw.new_empty(m, k, nb, 3)
-        torch.add(dc[:, None, :], per[..., 11:14], alpha=1.0 / SH_C0, out=sh[:, :, 0])
-        if nb > 1:
-            sh[:, :, 1:] = raw[:, k * _PER_GAUSSIAN:].view(m, 1, nb - 1, 3)
+        sh0 = torch.add(dc[:, None, :], per[..., 11:14], alpha=1.0 / SH_C0)
         ctx.save_for_backward(t, s)
         ctx.c, ctx.m = c, m
         ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
         n = m * k
         return (means.reshape(n, 3), quats.reshape(n, 4), log_scales.reshape(n, 3), opacity_logits.reshape(n),
-                sh.reshape(n, nb, 3))
+                sh0.reshape(n, 1, 3))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh):
+    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh0):
         t, s = ctx.saved_tensors
         c, m = ctx.c, ctx.m
-        k, nb = c.k, c.num_bases
-        g_raw = t.new_zeros(m, k * _PER_GAUSSIAN + 3 * (nb - 1))
-        per = g_raw[:, : k * _PER_GAUSSIAN].view(m, k, _PER_GAUSSIAN)
+        k = c.k
+        g_raw = t.new_zeros(m, k * _PER_GAUSSIAN)
+        per = g_raw.view(m, k, _PER_GAUSSIAN)
         if g_means is not None:
             torch.mul(g_means.view(m, k, 3), (1.0 - t * t) * c.offset_extent, out=per[..., 0:3])
         if g_log_scales is not None:
@@ -164,11 +163,8 @@ class _DecodeHead(torch.autograd.Function):
             per[..., 6:10] = g_quats.view(m, k, 4)
         if g_opacity is not None:
             per[..., 10] = g_opacity.view(m, k)
-        if g_sh is not None:
-            g_sh = g_sh.view(m, k, nb, 3)
-            torch.mul(g_sh[:, :, 0], 1.0 / SH_C0, out=per[..., 11:14])
-            if nb > 1:
-                g_raw[:, k * _PER_GAUSSIAN:] = g_sh[:, :, 1:].sum(1).reshape(m, 3 * (nb - 1))
+        if g_sh0 is not None:
+            torch.mul(g_sh0.view(m, k, 3), 1.0 / SH_C0, out=per[..., 11:14])
         return g_raw, None, None, None
 
 
@@ -182,8 +178,8 @@ class _DecodeHeadCPU(torch.autograd.Function):
         raw = raw.contiguous()
         bias = c.offset_bias.to(raw.dtype).contiguous()
         centers, dc = centers.to(raw.dtype).contiguous(), dc.to(raw.dtype).contiguous()
-        *outs, t, s = load().decode_head_forward(raw, centers, dc, bias, c.k, c.num_bases, c.offset_extent,
-                                                 c.scale_bias, c.log_scale_base, c.log_scale_span, c.opacity_bias)
+        *outs, t, s = load().decode_head_forward(raw, centers, dc, bias, c.k, c.offset_extent, c.scale_bias,
+                                                 c.log_scale_base, c.log_scale_span, c.opacity_bias)
         ctx.save_for_backward(t, s)  # tanh(offset), sigmoid(log-scale): what the backward needs of the forward
         ctx.c = c
         ctx.set_materialize_grads(False)  # outputs left out of the loss: skipped, not zero-filled
@@ -191,29 +187,67 @@ class _DecodeHeadCPU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh):
+    def backward(ctx, g_means, g_quats, g_log_scales, g_opacity, g_sh0):
         from recon.kernels import load
 
         t, s = ctx.saved_tensors
         c = ctx.c
         none = t.new_zeros(0)
-        grads = [none if g is None else g.contiguous() for g in (g_means, g_quats, g_log_scales, g_opacity, g_sh)]
-        g_raw = load().decode_head_backward(t, s, c.k, c.num_bases, c.offset_extent, c.log_scale_span, *grads)
+        grads = [none if g is None else g.contiguous() for g in (g_means, g_quats, g_log_scales, g_opacity, g_sh0)]
+        g_raw = load().decode_head_backward(t, s, c.k, c.offset_extent, c.log_scale_span, *grads)
         return g_raw, None, None, None
 
 
-def head_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+def head_linear(h: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
                 kernel: bool) -> torch.Tensor:
-    """The head's linear layer on cat([h, x]) (U-Net features, then the voxel's own input).
+    """A head's linear layer on cat([h, x]) (U-Net features, then the voxel's own input), or on h alone
+    when x is None.
 
     kernel: the CPU sparse-conv kernel as a per-voxel layer (~2x torch's matmuls for these skinny
-    shapes on the CPU); else two torch products into one output, so the gradients of h and x come back
+    shapes on the CPU); else torch products into one output, so the gradients of h and x come back
     contiguous (a cat's backward hands out narrow strided views, slow in later ops)."""
     if kernel:
-        return sparse_conv.sparse_conv(torch.cat([h, x], dim=1), weight.t()[None], bias, sparse_conv.IDENTITY,
-                                       sparse_conv.IDENTITY, None)
+        inp = h if x is None else torch.cat([h, x], dim=1)
+        return sparse_conv.sparse_conv(inp, weight.t()[None], bias, sparse_conv.IDENTITY, sparse_conv.IDENTITY, None)
+    if x is None:
+        return torch.nn.functional.linear(h, weight, bias)
     ch = h.shape[1]
     return torch.addmm(torch.nn.functional.linear(x, weight[:, ch:], bias), h, weight[:, :ch].t())
+
+
+@dataclass
+class DecodedGaussians:
+    """One decode: K Gaussians per voxel (voxel-major, N = M*K) with the SH DC per Gaussian, sh0 (N, 1, 3),
+    and the higher SH orders per voxel, sh_rest (M, B-1, 3), shared by the voxel's K Gaussians. The
+    training step renders this directly (rasterize takes (sh0, sh_rest) with its rows shared);
+    `gaussians()` repeats sh_rest per Gaussian."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    log_scales: torch.Tensor
+    opacity_logits: torch.Tensor
+    sh0: torch.Tensor
+    sh_rest: torch.Tensor
+    k: int
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def opacities(self) -> torch.Tensor:
+        return torch.sigmoid(self.opacity_logits)
+
+    @property
+    def sh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SH as the pair rasterize() takes."""
+        return self.sh0, self.sh_rest
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.means, self.quats, self.log_scales, self.opacity_logits, self.sh0, self.sh_rest)
+
+    def gaussians(self) -> Gaussians:
+        sh = torch.cat([self.sh0, self.sh_rest.repeat_interleave(self.k, dim=0)], dim=1)
+        return Gaussians(self.means, self.quats, self.log_scales, self.opacity_logits, sh)
 
 
 class GaussianDecoder(nn.Module):
@@ -234,7 +268,7 @@ class GaussianDecoder(nn.Module):
         self.feature_names = list(voxels.feature_names)
         self.num_bases = num_sh_bases(sh_degree)
         # per Gaussian: offset 3, log-scale 3, quat 4, opacity 1, SH DC 3; per voxel (shared by its K
-        # Gaussians: view dependence varies smoothly within a voxel, and it halves the head for degree 3)
+        # Gaussians: view dependence varies smoothly within a voxel): the higher SH orders
         self.params_per_gaussian = _PER_GAUSSIAN
         self.params_per_voxel = 3 * (self.num_bases - 1)
 
@@ -245,9 +279,14 @@ class GaussianDecoder(nn.Module):
         in_channels = cfg.latent_dim + len(self.feature_names)
         self.unet = SparseUNet(in_channels, cfg.channels, fine_convs=cfg.fine_convs)
         # the head also sees the voxel's own input, so per-voxel corrections need not pass the U-Net
-        self.head = nn.Linear(cfg.channels[0] + in_channels, self.k * self.params_per_gaussian + self.params_per_voxel)
-        nn.init.normal_(self.head.weight, std=_HEAD_INIT_STD)
-        nn.init.zeros_(self.head.bias)
+        self.head = nn.Linear(cfg.channels[0] + in_channels, self.k * self.params_per_gaussian)
+        # the view-dependent colour from the U-Net features alone: 45 outputs at degree 3, 2.6x cheaper
+        # than from the features and the input (the voxel's input reaches them through the U-Net's skips)
+        self.sh_head = nn.Linear(cfg.channels[0], self.params_per_voxel) if self.params_per_voxel else None
+        for layer in (self.head, self.sh_head):
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=_HEAD_INIT_STD)
+                nn.init.zeros_(layer.bias)
 
         # fixed biases that put the raw-zero output on the seeded Gaussians
         pattern = initial_offsets(self.k) * min(1.0, cfg.offset_scale)
@@ -257,6 +296,7 @@ class GaussianDecoder(nn.Module):
         frac = (math.log(cfg.init_scale) - self.log_scale_lo) / (self.log_scale_hi - self.log_scale_lo)
         self.scale_bias = math.log(frac / (1.0 - frac))
         self.opacity_bias = math.log(cfg.init_opacity / (1.0 - cfg.init_opacity))
+        self._inputs_cache = None  # see _voxel_inputs
 
     def _feature_normalisation(self, voxels: SparseVoxels) -> tuple[torch.Tensor, torch.Tensor]:
         """Colours [0,1] -> [-1,1]; every other column divided by its largest magnitude now (fixed
@@ -281,6 +321,11 @@ class GaussianDecoder(nn.Module):
         return torch.arange(self.num_voxels, device=self.latents.device).repeat_interleave(self.k)
 
     def forward(self, voxels: SparseVoxels) -> Gaussians:
+        """The decoded Gaussians, SH repeated per Gaussian (for export, baking, evaluation)."""
+        return self.decode(voxels).gaussians()
+
+    def decode(self, voxels: SparseVoxels) -> DecodedGaussians:
+        """The decoded Gaussians with the higher SH orders once per voxel (what a training step renders)."""
         check_voxels(voxels)
         if len(voxels) != self.num_voxels:
             raise ValueError(f"decoder holds {self.num_voxels} latents but got {len(voxels)} voxels; "
@@ -288,18 +333,39 @@ class GaussianDecoder(nn.Module):
         if list(voxels.feature_names) != self.feature_names:
             raise ValueError(f"voxel features {voxels.feature_names} differ from {self.feature_names}")
         device = self.latents.device
-        feats = voxels.features.to(device=device, dtype=torch.float32)
-        x = torch.cat([self.latents, feats * self.feature_scale + self.feature_shift], dim=1)
+        feats, centers, dc = self._voxel_inputs(voxels)
+        x = torch.cat([self.latents, feats], dim=1)
         h = self.unet(voxels.coords.to(device), x, voxels.level)
-        raw = head_linear(h, x, self.head.weight, self.head.bias, kernel=h.device.type == "cpu")
+        on_cpu = h.device.type == "cpu"
+        raw = head_linear(h, x, self.head.weight, self.head.bias, kernel=on_cpu)
+        m = raw.shape[0]
+        if self.sh_head is not None:
+            sh_rest = head_linear(h, None, self.sh_head.weight, self.sh_head.bias, kernel=on_cpu).view(m, -1, 3)
+        else:
+            sh_rest = raw.new_zeros(m, 0, 3)
         vs = float(voxels.voxel_size)
-        centers = voxels.centers().to(device=device, dtype=torch.float32)
-        dc = rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32))
-        const = _HeadConstants(self.k, self.num_bases, vs * self.cfg.offset_scale, self.offset_bias,
-                               self.scale_bias, math.log(vs) + self.log_scale_lo,
-                               self.log_scale_hi - self.log_scale_lo, self.opacity_bias)
-        decode = _DecodeHeadCPU if raw.device.type == "cpu" else _DecodeHead
-        return Gaussians(*decode.apply(raw, centers, dc, const))
+        const = _HeadConstants(self.k, vs * self.cfg.offset_scale, self.offset_bias, self.scale_bias,
+                               math.log(vs) + self.log_scale_lo, self.log_scale_hi - self.log_scale_lo,
+                               self.opacity_bias)
+        decode = _DecodeHeadCPU if on_cpu else _DecodeHead
+        return DecodedGaussians(*decode.apply(raw, centers, dc, const), sh_rest, self.k)
+
+    def _voxel_inputs(self, voxels: SparseVoxels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised features, centres and SH DC of the voxel colours: fixed while the voxel set is (training
+        decodes the same voxels every step), so kept until the voxels' tensors change."""
+        key = (voxels.features, voxels.features._version, voxels.coords, voxels.coords._version,
+               float(voxels.voxel_size), tuple(voxels.origin.tolist()), self.feature_scale, self.latents.device)
+        cached = self._inputs_cache
+        if cached is not None and len(cached[0]) == len(key) and all(
+                a is b if torch.is_tensor(a) else a == b for a, b in zip(cached[0], key)):
+            return cached[1]
+        device = self.latents.device
+        feats = voxels.features.to(device=device, dtype=torch.float32)
+        inputs = (feats * self.feature_scale + self.feature_shift,
+                  voxels.centers().to(device=device, dtype=torch.float32),
+                  rgb_to_sh0(voxels.colors.to(device=device, dtype=torch.float32)))
+        self._inputs_cache = (key, inputs)
+        return inputs
 
     def param_groups(self) -> list[dict]:
         """Adam parameter groups: the network at cfg.lr, the latents at cfg.latent_lr."""

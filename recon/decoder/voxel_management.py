@@ -62,9 +62,10 @@ class VoxelStats:
         g = grad_norms.detach().reshape(m, k).to(self.grad_sum)
         vis = (visible.reshape(m, k).to(g) if visible is not None else torch.ones_like(g))
         n_vis = vis.sum(1)
-        seen = n_vis > 0
-        self.grad_sum[seen] += (g * vis).sum(1)[seen] / n_vis[seen]
-        self.grad_count[seen] += 1
+        # selects, not boolean indexing: this runs every training step, and a mask index costs a nonzero
+        # and a scatter per tensor
+        self.grad_sum += (g * vis).sum(1) / n_vis.clamp(min=1)
+        self.grad_count += n_vis > 0
 
     def mean_grad(self) -> torch.Tensor:
         return self.grad_sum / self.grad_count.clamp(min=1)

@@ -44,7 +44,9 @@ def rasterize(
     means (N,3); quats (N,4) wxyz, any norm; scales (N,3) and opacities (N,) already activated;
     colors (N,D) / (C,N,D) values, or SH coefficients (N,K,3) when ``sh_degree`` is set, which may also
     be the pair (sh0 (N,1,3), shN (N,K-1,3)) that trainers keep: the CPU kernels read the two parts
-    where they are, with no per-step concatenation (and gradient split);
+    where they are, with no per-step concatenation (and gradient split). shN may also have N/G rows,
+    each shared by G consecutive Gaussians (a decoder's Gaussians of one voxel): its gradient is then
+    the sum over the group, as if it had been expanded;
     viewmats (C,4,4) world-to-camera (OpenCV axes); Ks (C,3,3); backgrounds (C,D).
     Returns colours (C,H,W,D or D+1 with depth), alphas (C,H,W,1) and gsplat's meta dict.
     ``packed=True`` gives meta in gsplat's packed layout (nnz rows plus camera_ids/gaussian_ids);
@@ -59,7 +61,10 @@ def rasterize(
                   backgrounds, render_mode)
     if means.is_cuda:
         if isinstance(colors, tuple):
-            colors = torch.cat(colors, dim=1)
+            sh0, shn = colors
+            if shn.shape[0] != sh0.shape[0]:
+                shn = shn.repeat_interleave(sh0.shape[0] // shn.shape[0], dim=0)
+            colors = torch.cat([sh0, shn], dim=1)
         from gsplat import rasterization
 
         return rasterization(
@@ -119,8 +124,13 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         if isinstance(sh_degree, bool) or int(sh_degree) != sh_degree or sh_degree < 0:
             raise ValueError(f"sh_degree must be a non-negative integer or None, got {sh_degree!r}")
         for name, t in parts.items():
-            if t.dim() != 3 or t.shape[0] != n or t.shape[2] != 3:
+            if t.dim() != 3 or t.shape[2] != 3:
                 raise ValueError(f"SH {name} must be ({n}, K, 3), got {tuple(t.shape)}")
+            shared = name == "shN" and t.shape[0] > 0 and n % t.shape[0] == 0  # one row per group of n / rows
+            if t.shape[0] != n and not shared:
+                raise ValueError(f"SH {name} must be ({n}, K, 3)" + (" or have a row per group of consecutive "
+                                 "Gaussians (a divisor of N rows)" if name == "shN" else "") +
+                                 f", got {tuple(t.shape)}")
         bases = sum(t.shape[1] for t in parts.values())
         if (sh_degree + 1) ** 2 > bases:
             raise ValueError(f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} SH bases, colors has {bases}")

@@ -74,7 +74,8 @@ class StructuredTrainer(Trainer):
         groups = self.decoder.param_groups()
         for g in groups:
             g["initial_lr"] = g["lr"]
-        return torch.optim.Adam(groups, eps=1e-15)
+        # fused: one pass per parameter instead of a dozen foreach ops (~1 ms a step at 20k voxels, 2 threads)
+        return torch.optim.Adam(groups, eps=1e-15, fused=True)
 
     # -- model --------------------------------------------------------------------------------
     def gaussians(self) -> Gaussians:
@@ -120,9 +121,11 @@ class StructuredTrainer(Trainer):
 
         step = self.state.step
         vi, bg, target = self._next_view()
-        g = self.decoder(self.voxels)
+        # the higher SH orders go to the rasterizer once per voxel, not repeated for each of its K Gaussians
+        g = self.decoder.decode(self.voxels)
         deg = self.active_sh_degree()
-        colors, alphas, meta = self.render(g, self.viewmats[vi:vi + 1], self.Ks[vi:vi + 1], bg, deg)
+        colors, alphas, meta = self._rasterize(g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
+                                               self.viewmats[vi:vi + 1], self.Ks[vi:vi + 1], bg, deg)
         means2d = meta["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()  # the screen-space gradient drives voxel growing
@@ -142,18 +145,16 @@ class StructuredTrainer(Trainer):
                 "n_voxels": len(self.voxels), "sh_degree": deg}
 
     @torch.no_grad()
-    def _gather_stats(self, g: Gaussians, meta: dict) -> None:
+    def _gather_stats(self, g, meta: dict) -> None:
         """Per-voxel window statistics: max opacity, and the screen-space mean gradient normalised as
         gsplat's DefaultStrategy does (so decoder.grow_grad reads like train.grow_grad2d)."""
         radii, means2d = meta["radii"], meta["means2d"]
         visible = (radii > 0).all(-1) if radii.dim() == 3 else radii > 0  # (C, N)
         grads = None
         if means2d.grad is not None:
-            gr = means2d.grad.clone()
+            gr = means2d.grad
             n_cams = gr.shape[0]
-            gr[..., 0] *= self.W / 2.0 * n_cams
-            gr[..., 1] *= self.H / 2.0 * n_cams
-            grads = gr.norm(dim=-1).amax(0)
+            grads = torch.hypot(gr[..., 0] * (self.W / 2.0 * n_cams), gr[..., 1] * (self.H / 2.0 * n_cams)).amax(0)
         self.voxel_stats.update(g.opacities, grads, visible.any(0))
 
     @torch.no_grad()
