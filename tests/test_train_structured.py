@@ -93,6 +93,28 @@ def test_voxel_management_keeps_latents_and_moments_aligned(sample):
     assert len(t.gaussians()) == m * 2
 
 
+def test_step_renders_per_voxel_sh_as_the_expanded_gaussians(sample):
+    """A step renders the decode with the higher SH orders once per voxel (rasterize's shared rows): the
+    same image, and to rounding the same gradients, as the decoded Gaussians with them repeated."""
+    scene, voxels = sample
+    t = make(scene, voxels)
+    dec = t.decoder
+    with torch.no_grad():
+        dec.sh_head.weight.normal_(std=0.3, generator=torch.Generator().manual_seed(0))
+    vm, K, bg = t.viewmats[:1], t.Ks[:1], torch.ones(3)
+    weights = [dec.sh_head.weight, dec.head.weight, dec.latents]
+    d = dec.decode(t.voxels)
+    shared = t._rasterize(d.means, d.quats, d.log_scales, d.opacity_logits, d.sh, vm, K, bg, 1)[0]
+    g_shared = torch.autograd.grad(shared.square().sum(), weights)
+    expanded = t.render(dec(t.voxels), vm, K, bg, 1)[0]
+    g_expanded = torch.autograd.grad(expanded.square().sum(), weights)
+    assert d.sh_rest.shape == (len(t.voxels), 3, 3) and d.sh0.shape == (2 * len(t.voxels), 1, 3)
+    torch.testing.assert_close(shared, expanded, rtol=0, atol=0)
+    for a, b in zip(g_shared, g_expanded):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_bake_hands_over_to_free_gaussians_without_changing_the_render(sample):
     scene, voxels = sample
     t = make(scene, voxels, train=dict(iterations=20, strategy="default", refine_every=2, refine_start=0.1),

@@ -9,8 +9,10 @@ class DecoderConfig:
     # K Gaussians decoded per voxel; rasterising K per voxel costs time, and at a fixed CPU budget K=2 beat
     # K=4 on the shared scenes (held-out, 60 s runs)
     gaussians_per_voxel: int = 2
-    # U-Net width per level, fine to coarse; [16, 32, 64] costs ~2.4x as much on the CPU (bench/bench_decoder.py)
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32])
+    # U-Net width per level, fine to coarse. Two levels: a third ([8, 16, 32]) cost 1.4x the decoder's time
+    # (bench/bench_decoder.py) and gained nothing on held-out views (bench/quality.py, decoder row, all three
+    # shared scenes within 0.2 dB); [16, 32, 64] costs ~2.4x as much again
+    channels: list[int] = field(default_factory=lambda: [8, 16])
     fine_convs: bool = False  # 3x3x3 convs at the voxel level too (~1.5x the cost); else from level 1 on
     latent_dim: int = 8  # learnable per-voxel latent, concatenated to the photo-consistency features
     latent_init_std: float = 0.1
