@@ -1,4 +1,5 @@
-"""Decoder cost per training iteration: forward + backward of GaussianDecoder on ~20k voxels, and,
+"""Decoder cost per training iteration: forward + backward of GaussianDecoder.decode (what a training step
+runs: the higher SH orders once per voxel) on ~20k voxels, and,
 when recon.render.rasterize is available, the ratio to rasterising the same Gaussians (forward +
 backward, one 400x400 view). The target is that the decoder adds at most 30 % to an iteration.
 

@@ -347,3 +347,32 @@ def test_head_linear_kernel_equals_torch_products():
     for a, c in zip(*results):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(results[0][0], h @ w[:, :8].t() + b, rtol=1e-12, atol=1e-12)
+
+
+def test_voxel_inputs_follow_changes_of_the_voxels(voxels):
+    """The per-voxel inputs kept between decodes are rebuilt when the voxels' tensors or the
+    normalisation change (in place too): a decode always equals one by a fresh module."""
+    torch.manual_seed(8)
+    dec = GaussianDecoder(SMALL, voxels, sh_degree=1)
+    fresh = GaussianDecoder(SMALL, voxels, sh_degree=1)
+
+    def same_as_fresh(v):
+        fresh.load_state_dict(dec.state_dict())
+        fresh._inputs_cache = None
+        with torch.no_grad():
+            return all(torch.equal(a, b) for a, b in zip(dec.decode(v).tensors(), fresh.decode(v).tensors()))
+
+    v = SparseVoxels(voxels.coords.clone(), voxels.features.clone(), voxels.voxel_size, voxels.origin, voxels.level,
+                     list(voxels.feature_names))
+    assert same_as_fresh(v)
+    first = dec._inputs_cache[1]
+    dec.decode(v)
+    assert dec._inputs_cache[1] is first  # unchanged voxels: kept
+    v.features[:, :3] = 1.0 - v.features[:, :3]  # colours changed in place
+    assert same_as_fresh(v)
+    v2 = SparseVoxels(v.coords.flip(0).contiguous(), v.features.flip(0).contiguous(), v.voxel_size, v.origin,
+                      v.level, list(v.feature_names))
+    assert same_as_fresh(v2)
+    with torch.no_grad():
+        dec.feature_scale.mul_(0.5)  # e.g. load_state_dict copying another normalisation in place
+    assert same_as_fresh(v2)

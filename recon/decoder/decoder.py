@@ -353,8 +353,10 @@ class GaussianDecoder(nn.Module):
     def _voxel_inputs(self, voxels: SparseVoxels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised features, centres and SH DC of the voxel colours: fixed while the voxel set is (training
         decodes the same voxels every step), so kept until the voxels' tensors change."""
+        # tensors by identity and in-place version (load_state_dict copies into the buffers in place)
         key = (voxels.features, voxels.features._version, voxels.coords, voxels.coords._version,
-               float(voxels.voxel_size), tuple(voxels.origin.tolist()), self.feature_scale, self.latents.device)
+               float(voxels.voxel_size), tuple(voxels.origin.tolist()), self.feature_scale,
+               self.feature_scale._version, self.feature_shift, self.feature_shift._version, self.latents.device)
         cached = self._inputs_cache
         if cached is not None and len(cached[0]) == len(key) and all(
                 a is b if torch.is_tensor(a) else a == b for a, b in zip(cached[0], key)):
