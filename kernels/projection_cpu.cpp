@@ -554,7 +554,7 @@ ProjectArgs<S> project_args(const Tensor& means, const Tensor& quats, const Tens
     a.K0 = sh.size(1);
     a.K1 = sh_rest.size(1);
     a.sh_rest = a.K1 > 0 ? sh_rest.data_ptr<S>() : nullptr;
-    a.G = sh_rest.size(0) > 0 ? a.N / sh_rest.size(0) : 1;
+    a.G = sh_rest.size(0) > 0 ? std::max<int64_t>(a.N / sh_rest.size(0), 1) : 1;
     a.n_bases = static_cast<int>((sh_degree + 1) * (sh_degree + 1));
   }
   return a;
@@ -625,7 +625,7 @@ void check_sh(const Tensor& means, const Tensor& sh, const Tensor& sh_rest, int6
   if (has_rest) {
     check_cpu(sh_rest, "sh_rest");
     const int64_t n = means.size(0), rows = sh_rest.size(0);
-    TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(2) == 3 && (rows == n || (rows > 0 && n % rows == 0)),
+    TORCH_CHECK(sh_rest.dim() == 3 && sh_rest.size(2) == 3 && (rows == n || (rows > 0 && rows < n && n % rows == 0)),
                 "sh_rest must be (N, K, 3), or (N / G, K, 3) with a row per G consecutive Gaussians");
     TORCH_CHECK(sh_rest.scalar_type() == means.scalar_type(), "sh_rest must have the dtype of means");
   }

@@ -354,6 +354,20 @@ def test_sh_zero_gaussians(pair):
     assert params[0].grad.shape == (0, 3) and params[4].grad.shape == (0, 9, 3)
 
 
+def test_sh_shared_rest_needs_gaussians():
+    """Zero Gaussians cannot share rows: a shN with rows is refused (by the wrapper and by the kernel)."""
+    viewmats, Ks = cameras(1, W, H)
+    params = [t[:0] for t in gaussians(3, sh_degree=1)]
+    with pytest.raises(ValueError, match="shN"):
+        rasterize(*params[:4], (params[4][:, :1], torch.zeros(3, 3, 3)), viewmats, Ks, W, H, sh_degree=1)
+    from recon.kernels import load
+
+    campos = torch.inverse(viewmats)[:, :3, 3].contiguous()
+    with pytest.raises(RuntimeError, match="sh_rest"):
+        load().project_forward(*params[:4], viewmats, Ks, campos, params[4][:, :1].contiguous(), torch.zeros(3, 3, 3),
+                               1, W, H, 0.3, 0.01, 1e10, 0.0)
+
+
 def test_sh_pair_gradcheck_float64():
     viewmats, Ks = cameras(2, 20, 14, torch.float64)
     params = gaussians(4, seed=11, dtype=torch.float64, scale=2.0, sh_degree=2, spread=0.5)
@@ -376,6 +390,7 @@ def test_sh_pair_gradcheck_float64():
     ((torch.zeros(10, 1, 3), torch.zeros(3, 3, 3)), 1, ValueError),  # 3 rows cannot be shared by 10
     ((torch.zeros(10, 1, 3), torch.zeros(0, 3, 3)), 1, ValueError),  # no rows for 10 Gaussians
     ((torch.zeros(5, 1, 3), torch.zeros(10, 3, 3)), 1, ValueError),  # sh0 rows differ from means
+    ((torch.zeros(10, 1, 3), torch.zeros(20, 3, 3)), 1, ValueError),  # more rest rows than Gaussians
     ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 2)), 1, ValueError),  # not RGB
     ((torch.zeros(10, 1, 3), torch.zeros(10, 2, 3)), 2, ValueError),  # 3 bases, degree 2 needs 9
     ((torch.zeros(10, 1, 3), torch.zeros(10, 3, 3, dtype=torch.int32)), 1, TypeError),

@@ -126,7 +126,7 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         for name, t in parts.items():
             if t.dim() != 3 or t.shape[2] != 3:
                 raise ValueError(f"SH {name} must be ({n}, K, 3), got {tuple(t.shape)}")
-            shared = name == "shN" and t.shape[0] > 0 and n % t.shape[0] == 0  # one row per group of n / rows
+            shared = name == "shN" and 0 < t.shape[0] < n and n % t.shape[0] == 0  # a row per n / rows Gaussians
             if t.shape[0] != n and not shared:
                 raise ValueError(f"SH {name} must be ({n}, K, 3)" + (" or have a row per group of consecutive "
                                  "Gaussians (a divisor of N rows)" if name == "shN" else "") +
