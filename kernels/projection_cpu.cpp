@@ -607,7 +607,9 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
     a.v_sh_rest = a.K1 > 0 ? v_sh_rest.data_ptr<S>() : nullptr;
   }
   // one Gaussian per lane, cameras inside: every write goes to that Gaussian's own slots (or its group's)
-  parallel_run(a.N, chunk_for(a), [&](int64_t begin, int64_t end, int) { project_backward_range<S>(a, begin, end); });
+  const int64_t chunk = chunk_for(a);
+  TORCH_CHECK(chunk % a.G == 0, "project_backward: a chunk must hold whole groups of shared SH rows");
+  parallel_run(a.N, chunk, [&](int64_t begin, int64_t end, int) { project_backward_range<S>(a, begin, end); });
 }
 
 void check_cpu(const Tensor& t, const char* name) {

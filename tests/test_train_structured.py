@@ -93,12 +93,16 @@ def test_voxel_management_keeps_latents_and_moments_aligned(sample):
     assert len(t.gaussians()) == m * 2
 
 
-def test_step_renders_per_voxel_sh_as_the_expanded_gaussians(sample):
-    """A step renders the decode with the higher SH orders once per voxel (rasterize's shared rows): the
-    same image, and to rounding the same gradients, as the decoded Gaussians with them repeated."""
+def test_per_voxel_sh_render_equals_the_expanded_gaussians(sample):
+    """A step renders the decode with the higher SH orders once per voxel (rasterize's shared rows), not the
+    expanded Gaussians: the same image, and to rounding the same gradients, as with them repeated."""
     scene, voxels = sample
     t = make(scene, voxels)
     dec = t.decoder
+    expanded_forward = dec.forward
+    dec.forward = lambda *a: pytest.fail("the training step decoded the expanded Gaussians")
+    t.step()
+    dec.forward = expanded_forward
     with torch.no_grad():
         dec.sh_head.weight.normal_(std=0.3, generator=torch.Generator().manual_seed(0))
     vm, K, bg = t.viewmats[:1], t.Ks[:1], torch.ones(3)
@@ -184,8 +188,19 @@ def test_mismatched_checkpoints_are_user_errors(sample, tmp_path):
         free.resume()
     # different decoder settings
     other = make(scene, voxels, tmp_path / "dec", dec=dict(channels=[8, 8]))
-    with pytest.raises(ReconError, match="does not fit"):
+    with pytest.raises(ReconError, match="does not fit.*size mismatch"):  # names the mismatch
         other.resume()
+    # a decoder checkpoint from before the separate SH head (the head decoded the higher SH orders too)
+    from recon.train.checkpoint import read_checkpoint, write_checkpoint
+
+    path = tmp_path / "dec" / "checkpoints" / "last.pt"
+    ckpt = read_checkpoint(path)
+    head_w, sh_w = ckpt["decoder"].pop("head.weight"), ckpt["decoder"].pop("sh_head.weight")
+    ckpt["decoder"]["head.weight"] = torch.cat([head_w, torch.zeros(sh_w.shape[0], head_w.shape[1])])
+    ckpt["decoder"].pop("sh_head.bias")
+    write_checkpoint(tmp_path / "old" / "checkpoints" / "last.pt", ckpt)
+    with pytest.raises(ReconError, match="older recon"):
+        make(scene, voxels, tmp_path / "old").resume()
     # a free-Gaussian checkpoint is not the decoder's
     free2 = Trainer(scene, scene.train_idx, t.gaussians().detach(), TrainConfig(**{**TRAIN, "iterations": 1}),
                     out_dir=tmp_path / "free")

@@ -64,7 +64,7 @@ class VoxelStats:
         n_vis = vis.sum(1)
         # selects, not boolean indexing: this runs every training step, and a mask index costs a nonzero
         # and a scatter per tensor
-        self.grad_sum += (g * vis).sum(1) / n_vis.clamp(min=1)
+        self.grad_sum += torch.where(vis > 0, g, 0).sum(1) / n_vis.clamp(min=1)
         self.grad_count += n_vis > 0
 
     def mean_grad(self) -> torch.Tensor:

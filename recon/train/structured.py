@@ -235,14 +235,22 @@ class StructuredTrainer(Trainer):
         if stage not in (DECODER, BAKED):
             raise ReconError("the checkpoint was written without the decoder (decoder.enabled=false)", path=path,
                              fix="resume with decoder.enabled=false, or delete it and start without --resume")
+        if stage == DECODER and "head.weight" in ckpt.get("decoder", {}) and "sh_head.weight" not in ckpt["decoder"] \
+                and self.decoder.sh_head is not None:
+            raise ReconError("the checkpoint's decoder was written by an older recon (its head also decoded the "
+                             "higher SH orders, now a separate layer): it cannot be resumed", path=path,
+                             fix="delete it and start without --resume")
         try:
             if stage == DECODER:
                 self._restore_decoder(ckpt)
             else:
                 self._restore_baked(ckpt)
         except (KeyError, RuntimeError, ValueError) as e:  # settings changed since the checkpoint was written
+            # load_state_dict's first line is only a header: the next one names the mismatch
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = " ".join(lines[1:2] if len(lines) > 1 and lines[0].endswith(":") else lines[:1])
             raise ReconError(f"the checkpoint does not fit the current decoder/train settings "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]})", path=path,
+                             f"({type(e).__name__}: {detail[:160]})", path=path,
                              fix="resume with the settings it was written with, or delete it and start without --resume")
         restore_state(ckpt, self)
         return True
