@@ -235,8 +235,9 @@ class StructuredTrainer(Trainer):
         if stage not in (DECODER, BAKED):
             raise ReconError("the checkpoint was written without the decoder (decoder.enabled=false)", path=path,
                              fix="resume with decoder.enabled=false, or delete it and start without --resume")
-        if stage == DECODER and "head.weight" in ckpt.get("decoder", {}) and "sh_head.weight" not in ckpt["decoder"] \
-                and self.decoder.sh_head is not None:
+        saved = ckpt.get("decoder") if stage == DECODER else None
+        if isinstance(saved, dict) and "head.weight" in saved and "sh_head.weight" not in saved \
+                and self.decoder is not None and self.decoder.sh_head is not None:
             raise ReconError("the checkpoint's decoder was written by an older recon (its head also decoded the "
                              "higher SH orders, now a separate layer): it cannot be resumed", path=path,
                              fix="delete it and start without --resume")
