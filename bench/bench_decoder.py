@@ -151,10 +151,14 @@ def main() -> None:
 
     # the gradients the rasterizer's backward would hand to the decoded Gaussians (as a training step
     # decodes them: the higher SH orders once per voxel)
-    grads = [torch.randn_like(t) * 1e-3 for t in decoder.decode(voxels).tensors()]
+    # (at SH degree 0 there are no higher orders: the empty sh_rest has no gradient)
+    def outputs():
+        return [t for t in decoder.decode(voxels).tensors() if t.requires_grad]
+
+    grads = [torch.randn_like(t) * 1e-3 for t in outputs()]
 
     def decoder_step():
-        torch.autograd.backward(list(decoder.decode(voxels).tensors()), grads)
+        torch.autograd.backward(outputs(), grads)
 
     try:
         from recon.render.rasterize import rasterize

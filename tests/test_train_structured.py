@@ -5,6 +5,7 @@ weights_only=True and resume, and mismatched checkpoints or settings are one-lin
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from pathlib import Path
 
@@ -117,6 +118,17 @@ def test_per_voxel_sh_render_equals_the_expanded_gaussians(sample):
     for a, b in zip(g_shared, g_expanded):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sh_degree_zero_step(sample):
+    """Degree 0: no SH head, an empty per-voxel rest goes to the rasterizer, and the step still trains."""
+    scene, voxels = sample
+    t = make(scene, voxels, train=dict(sh_degree=0, iterations=4))
+    assert t.decoder.sh_head is None and t.decoder.decode(t.voxels).sh_rest.shape == (len(t.voxels), 0, 3)
+    before = t.decoder.head.weight.detach().clone()
+    out = t.step()
+    assert out["sh_degree"] == 0 and math.isfinite(out["loss"])
+    assert not torch.equal(before, t.decoder.head.weight)
 
 
 def test_bake_hands_over_to_free_gaussians_without_changing_the_render(sample):
