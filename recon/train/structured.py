@@ -124,8 +124,7 @@ class StructuredTrainer(Trainer):
         # the higher SH orders go to the rasterizer once per voxel, not repeated for each of its K Gaussians
         g = self.decoder.decode(self.voxels)
         deg = self.active_sh_degree()
-        colors, alphas, meta = self._rasterize(g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
-                                               self.viewmats[vi:vi + 1], self.Ks[vi:vi + 1], bg, deg)
+        colors, alphas, meta = self.render(g, self.viewmats[vi:vi + 1], self.Ks[vi:vi + 1], bg, deg)
         means2d = meta["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()  # the screen-space gradient drives voxel growing

@@ -135,6 +135,7 @@ class Trainer:
         return min(c.sh_degree, int(self.progress() / c.sh_degree_every))
 
     def render(self, g: Gaussians, viewmats, Ks, background: torch.Tensor, sh_degree: int, absgrad=False):
+        # g: Gaussians, or the decoder's DecodedGaussians (whose .sh is the (sh0, per-voxel rest) pair)
         return self._rasterize(g.means, g.quats, g.log_scales, g.opacity_logits, g.sh, viewmats, Ks, background,
                                sh_degree, absgrad)
 
