@@ -305,19 +305,14 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
 
   for (int32_t k = tc.start; k < tc.end; ++k) {
     if (k + kPrefetch < tc.end) prefetch_record(d.splats, d.tile_lists[k + kPrefetch]);
+    // the entry's cells (see tile_cells), less the finished ones; one loop over them, so the
+    // only data-dependent branch per cell is the loop's own (cells are disjoint pixels: any order)
+    uint32_t todo = d.tile_cells[k] & live;
+    if (!todo) continue;
     const T* s = d.splats + static_cast<int64_t>(d.tile_lists[k]) * rec::kSize;
     const T mx = s[rec::kMeanX], my = s[rec::kMeanY];
     alignas(64) T row_dy[kTile];
     for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
-    T local[rec::kSize];
-    local_record(s, x0, local);
-    uint32_t cells[2];
-    splat_cells(local, row_dy, cells);
-    // bits 0-15: left half-rows, 16-31: right ones; one loop over them, so the only
-    // data-dependent branch per cell is the loop's own (cells are disjoint pixels: any order);
-    // finished cells are left out
-    uint32_t todo = (cells[0] | (cells[1] << kTile)) & live;
-    if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
     T col[CD];
@@ -463,18 +458,14 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       prefetch_record(d.splats, ahead);
       prefetch_record(static_cast<const T*>(grad_slab), ahead);
     }
+    while (next_cell < n_cells && k < cell_last[next_cell]) live |= 1u << cell_order[next_cell++];
+    uint32_t todo = d.tile_cells[k] & live;  // as in fwd_tile
+    if (!todo) continue;
     const int32_t id = d.tile_lists[k];
     const T* s = d.splats + static_cast<int64_t>(id) * rec::kSize;
     const T mx = s[rec::kMeanX], my = s[rec::kMeanY];
     alignas(64) T row_dy[kTile];
     for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
-    T local[rec::kSize];
-    local_record(s, x0, local);
-    uint32_t cells[2];
-    splat_cells(local, row_dy, cells);
-    while (next_cell < n_cells && k < cell_last[next_cell]) live |= 1u << cell_order[next_cell++];
-    uint32_t todo = (cells[0] | (cells[1] << kTile)) & live;  // as in fwd_tile
-    if (!todo) continue;
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
     const T op = s[rec::kOpacity];
     T col[CD];
@@ -550,24 +541,18 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   }
 }
 
-// Half-row lane evaluations the kernels spend on a tile (8 per cell), for the cost model.
+// The cells of tile (x0, y0) (pixel origin) where record s can reach alpha >= 1/255, as the
+// tile loops' bit set: bit h * kTile + row for half h of a row.
 template <typename T>
-int64_t count_tile_cells(const TileData<T>& d, int64_t tile_index) {
-  const TileCoords tc = tile_coords(d, tile_index);
-  alignas(64) T row_y[kTile];
-  for (int i = 0; i < kTile; ++i) row_y[i] = static_cast<T>(tc.y0 + i) + T(0.5);
-  int64_t cells_total = 0;
-  for (int32_t k = tc.start; k < tc.end; ++k) {
-    const T* s = d.splats + static_cast<int64_t>(d.tile_lists[k]) * rec::kSize;
-    alignas(64) T row_dy[kTile];
-    for (int i = 0; i < kTile; ++i) row_dy[i] = s[rec::kMeanY] - row_y[i];
-    T local[rec::kSize];
-    local_record(s, tc.x0, local);
-    uint32_t cells[2];
-    splat_cells(local, row_dy, cells);
-    cells_total += __builtin_popcount(cells[0]) + __builtin_popcount(cells[1]);
-  }
-  return cells_total;
+inline uint32_t tile_cells_of(const T* s, int x0, int y0) {
+  alignas(64) T row_dy[kTile];
+  // the same arithmetic as the tile loops' row offsets
+  for (int i = 0; i < kTile; ++i) row_dy[i] = s[rec::kMeanY] - (static_cast<T>(y0 + i) + T(0.5));
+  T local[rec::kSize];
+  local_record(s, x0, local);
+  uint32_t cells[2];
+  splat_cells(local, row_dy, cells);
+  return cells[0] | (cells[1] << kTile);
 }
 
 }  // namespace
@@ -602,13 +587,23 @@ void composite_backward(const TileData<T>& d, T* grad_slab, int64_t tile_index) 
   }
 }
 
+// Lists record s in the tiles [tx0, tx1) x [ty0, ty1) of a tiles_x-wide grid where it has cells:
+// their tile indices and cells go to tiles / cells (room for the whole rectangle); returns how many.
 template <typename T>
-int64_t count_cells(const TileData<T>& d, int64_t tile_index) {
-  return count_tile_cells<T>(d, tile_index);
+int rect_cells(const T* s, int tx0, int ty0, int tx1, int ty1, int tiles_x, int32_t* tiles, uint32_t* cells) {
+  int n = 0;
+  for (int ty = ty0; ty < ty1; ++ty)
+    for (int tx = tx0; tx < tx1; ++tx) {
+      const uint32_t m = tile_cells_of(s, tx * kTile, ty * kTile);
+      tiles[n] = ty * tiles_x + tx;  // written always, kept only when m != 0: no branch
+      cells[n] = m;
+      n += m != 0;
+    }
+  return n;
 }
 
-template int64_t count_cells<float>(const TileData<float>&, int64_t);
-template int64_t count_cells<double>(const TileData<double>&, int64_t);
+template int rect_cells<float>(const float*, int, int, int, int, int, int32_t*, uint32_t*);
+template int rect_cells<double>(const double*, int, int, int, int, int, int32_t*, uint32_t*);
 template void composite_forward<float>(const TileData<float>&, int64_t);
 template void composite_forward<double>(const TileData<double>&, int64_t);
 template void composite_backward<float>(const TileData<float>&, float*, int64_t);

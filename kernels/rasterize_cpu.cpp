@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -23,12 +24,13 @@ namespace splat {
 
 // Defined once per instruction set in raster_tiles_<isa>.cpp.
 namespace generic {
-template <typename T> int64_t count_cells(const TileData<T>&, int64_t);
+template <typename T> int rect_cells(const T*, int, int, int, int, int, int32_t*, uint32_t*);
 template <typename T> void composite_forward(const TileData<T>&, int64_t);
 template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
 }  // namespace generic
 #if defined(__x86_64__) && defined(__GNUC__)
 namespace avx2 {
+template <typename T> int rect_cells(const T*, int, int, int, int, int, int32_t*, uint32_t*);
 template <typename T> void composite_forward(const TileData<T>&, int64_t);
 template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
 }  // namespace avx2
@@ -66,6 +68,17 @@ std::string& isa_choice() {
 }
 
 bool use_avx2() { return cpu_has_avx2() && isa_choice() != "generic"; }
+
+template <typename T>
+using RectCells = int (*)(const T*, int, int, int, int, int, int32_t*, uint32_t*);
+
+template <typename T>
+RectCells<T> rect_cells_fn() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (use_avx2()) return &avx2::rect_cells<T>;
+#endif
+  return &generic::rect_cells<T>;
+}
 
 template <typename T>
 void run_forward_tile(const TileData<T>& d, int64_t tile) {
@@ -181,10 +194,10 @@ inline TileRect tile_rect(const T* mean2d, const int32_t* radius, int tiles_x, i
 }
 
 // Visible entries in (image, depth) order. Entries must be grouped by image (image_ids
-// non-decreasing). Fills tiles_per_gauss and returns per-image offsets of visible entries and of
-// tile intersections; `order_out` maps record id -> entry id.
+// non-decreasing). Fills tiles_per_gauss with bounding-box tile counts (build_tile_lists narrows
+// them) and returns per-image offsets of visible entries; `order_out` maps record id -> entry id.
 struct DepthOrder {
-  std::vector<int64_t> vis_start, isect_start;
+  std::vector<int64_t> vis_start;
 };
 
 template <typename T>
@@ -194,7 +207,9 @@ DepthOrder sort_entries(const Tensor& means2d, const Tensor& radii, const Tensor
   const T* m2 = means2d.data_ptr<T>();
   const int32_t* rp = radii.data_ptr<int32_t>();
   const T* dp = depths.data_ptr<T>();
-  const int32_t* ip = image_ids.data_ptr<int32_t>();
+  // no image_ids: the (C, N) layout, entry i belongs to image i / N
+  const int32_t* ip = image_ids.numel() > 0 ? image_ids.data_ptr<int32_t>() : nullptr;
+  const int64_t per_image = M / n_images;
   int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
 
   parallel_run(M, 16384, [&](int64_t b, int64_t e, int) {
@@ -208,24 +223,23 @@ DepthOrder sort_entries(const Tensor& means2d, const Tensor& radii, const Tensor
   DepthOrder out;
   std::vector<int64_t> entry_start(n_images + 1, M);
   out.vis_start.assign(n_images + 1, 0);
-  out.isect_start.assign(n_images + 1, 0);
+  int64_t box_isects = 0;
   {
     int64_t img = -1;
     for (int64_t i = 0; i < M; ++i) {
-      const int32_t id = ip[i];
+      const int32_t id = ip ? ip[i] : static_cast<int32_t>(i / per_image);
       TORCH_CHECK(id >= 0 && id < n_images && id >= img, "image_ids must be sorted and within range");
       while (img < id) entry_start[++img] = i;
-      out.isect_start[id + 1] += tpg[i];
+      box_isects += tpg[i];
       out.vis_start[id + 1] += tpg[i] > 0;
     }
     while (img < n_images - 1) entry_start[++img] = M;
     entry_start[n_images] = M;
     for (int64_t c = 0; c < n_images; ++c) {
-      out.isect_start[c + 1] += out.isect_start[c];
       out.vis_start[c + 1] += out.vis_start[c];
     }
   }
-  TORCH_CHECK(out.isect_start[n_images] < (int64_t(1) << 31), "too many tile intersections for int32 indices");
+  TORCH_CHECK(box_isects < (int64_t(1) << 31), "too many tile intersections for int32 indices");
   order_out = at::empty({out.vis_start[n_images]}, means2d.options().dtype(at::kInt));
   int32_t* order = order_out.data_ptr<int32_t>();
 
@@ -248,26 +262,22 @@ DepthOrder sort_entries(const Tensor& means2d, const Tensor& radii, const Tensor
   return out;
 }
 
-// Per (image, tile) lists of record ids (tile_lists) and entry ids (gsplat's flatten_ids), front
-// to back. A counting sort over the depth-ordered records: they are cut into chunks that are
-// counted and scattered in parallel, with chunk-major offsets so the scatter stays stable. Reads
-// the packed records sequentially.
+// Per (image, tile) lists of record ids (tile_lists), entry ids (gsplat's flatten_ids) and
+// cells (tile_cells: the half-rows the tile loops composite), front to back. A record is listed
+// only in the tiles of its bounding box where some pixel can reach alpha >= 1/255 (the others
+// would composite nothing), and tiles_per_gauss counts those tiles. A counting sort over the
+// depth-ordered records: they are cut into chunks (over all images) that are counted and
+// scattered in parallel, with chunk-major offsets so the scatter stays stable.
 template <typename T>
 void build_tile_lists(const DepthOrder& depth_order, const Tensor& records, const Tensor& order_t,
-                      int64_t n_images, int tiles_x, int tiles_y, Tensor& tile_offsets, Tensor& tile_lists,
-                      Tensor& flatten_ids) {
+                      int64_t n_images, int tiles_x, int tiles_y, Tensor& tiles_per_gauss, Tensor& tile_offsets,
+                      Tensor& tile_lists, Tensor& flatten_ids, Tensor& tile_cells) {
   const int64_t tiles_per_image = static_cast<int64_t>(tiles_x) * tiles_y;
-  const int64_t n_isects = depth_order.isect_start[n_images];
   auto int_opts = records.options().dtype(at::kInt);
-  tile_lists = at::empty({n_isects}, int_opts);
-  flatten_ids = at::empty({n_isects}, int_opts);
-  tile_offsets = at::empty({n_images * tiles_per_image + 1}, int_opts);
   const T* rec_data = records.data_ptr<T>();
   const int32_t* order = order_t.data_ptr<int32_t>();
-  int32_t* tl = tile_lists.data_ptr<int32_t>();
-  int32_t* fl = flatten_ids.data_ptr<int32_t>();
-  int32_t* to = tile_offsets.data_ptr<int32_t>();
-  to[n_images * tiles_per_image] = static_cast<int32_t>(n_isects);
+  int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
+  const RectCells<T> cells_of = rect_cells_fn<T>();
 
   auto rect_of = [&](int64_t record) {
     const T* s = rec_data + record * rec::kSize;
@@ -275,49 +285,88 @@ void build_tile_lists(const DepthOrder& depth_order, const Tensor& records, cons
     return tile_rect(s + rec::kMeanX, radius, tiles_x, tiles_y);
   };
 
+  // chunks never straddle images, so each chunk's counts belong to one image's tiles
+  struct Chunk {
+    int64_t image, begin, end;
+  };
+  std::vector<Chunk> chunks;
   for (int64_t c = 0; c < n_images; ++c) {
     const int64_t first = depth_order.vis_start[c], n_sorted = depth_order.vis_start[c + 1] - first;
     const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * parallel_slots(), n_sorted / 2048));
     const int64_t chunk_len = (n_sorted + n_chunks - 1) / n_chunks;
-    std::vector<int32_t> cursors(n_chunks * tiles_per_image, 0);
-    parallel_run(n_chunks, 1, [&](int64_t cb, int64_t ce, int) {
-      for (int64_t chunk = cb; chunk < ce; ++chunk) {
-        int32_t* hist = cursors.data() + chunk * tiles_per_image;
-        const int64_t j_end = std::min(n_sorted, (chunk + 1) * chunk_len);
-        for (int64_t j = chunk * chunk_len; j < j_end; ++j) {
-          const TileRect r = rect_of(first + j);
-          for (int32_t y = r.y0; y < r.y1; ++y)
-            for (int32_t x = r.x0; x < r.x1; ++x) ++hist[y * tiles_x + x];
+    for (int64_t k = 0; k < n_chunks; ++k)
+      chunks.push_back({c, first + std::min(n_sorted, k * chunk_len), first + std::min(n_sorted, (k + 1) * chunk_len)});
+  }
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
+  std::vector<int32_t> cursors(n_chunks * tiles_per_image, 0);
+  // each chunk's listings (tile, record, cells) in visiting order, so the scatter is one flat loop
+  struct Listings {
+    std::unique_ptr<int32_t[]> tiles, records;
+    std::unique_ptr<uint32_t[]> cells;
+    int64_t count = 0;
+  };
+  std::vector<Listings> listed(n_chunks);
+  parallel_run(n_chunks, 1, [&](int64_t cb, int64_t ce, int) {
+    for (int64_t k = cb; k < ce; ++k) {
+      int64_t room = 0;  // bounding-box tiles of the chunk's records
+      for (int64_t record = chunks[k].begin; record < chunks[k].end; ++record) room += tpg[order[record]];
+      Listings& out = listed[k];
+      out.tiles = std::make_unique_for_overwrite<int32_t[]>(room);
+      out.records = std::make_unique_for_overwrite<int32_t[]>(room);
+      out.cells = std::make_unique_for_overwrite<uint32_t[]>(room);
+      int32_t* hist = cursors.data() + k * tiles_per_image;
+      int64_t n = 0;
+      for (int64_t record = chunks[k].begin; record < chunks[k].end; ++record) {
+        const TileRect r = rect_of(record);
+        const int got = cells_of(rec_data + record * rec::kSize, r.x0, r.y0, r.x1, r.y1, tiles_x,
+                                 out.tiles.get() + n, out.cells.get() + n);
+        for (int i = 0; i < got; ++i) {
+          ++hist[out.tiles[n + i]];
+          out.records[n + i] = static_cast<int32_t>(record);
         }
+        tpg[order[record]] = got;
+        n += got;
       }
-    });
-    int64_t running = depth_order.isect_start[c];
+      out.count = n;
+    }
+  });
+  // tile offsets: image-major, and within a tile chunk-major (chunks are in depth order)
+  tile_offsets = at::empty({n_images * tiles_per_image + 1}, int_opts);
+  int32_t* to = tile_offsets.data_ptr<int32_t>();
+  int64_t running = 0;
+  for (int64_t c = 0, k0 = 0; c < n_images; ++c) {
+    int64_t k1 = k0;
+    while (k1 < n_chunks && chunks[k1].image == c) ++k1;
     for (int64_t t = 0; t < tiles_per_image; ++t) {
       to[c * tiles_per_image + t] = static_cast<int32_t>(running);
-      for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
-        const int32_t count = cursors[chunk * tiles_per_image + t];
-        cursors[chunk * tiles_per_image + t] = static_cast<int32_t>(running);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int32_t count = cursors[k * tiles_per_image + t];
+        cursors[k * tiles_per_image + t] = static_cast<int32_t>(running);
         running += count;
       }
     }
-    parallel_run(n_chunks, 1, [&](int64_t cb, int64_t ce, int) {
-      for (int64_t chunk = cb; chunk < ce; ++chunk) {
-        int32_t* cursor = cursors.data() + chunk * tiles_per_image;
-        const int64_t j_end = std::min(n_sorted, (chunk + 1) * chunk_len);
-        for (int64_t j = chunk * chunk_len; j < j_end; ++j) {
-          const int64_t record = first + j;
-          const int32_t entry = order[record];
-          const TileRect r = rect_of(record);
-          for (int32_t y = r.y0; y < r.y1; ++y)
-            for (int32_t x = r.x0; x < r.x1; ++x) {
-              const int32_t slot = cursor[y * tiles_x + x]++;
-              tl[slot] = static_cast<int32_t>(record);
-              fl[slot] = entry;
-            }
-        }
-      }
-    });
+    k0 = k1;
   }
+  const int64_t n_isects = running;  // at most the bounding-box count checked in sort_entries
+  to[n_images * tiles_per_image] = static_cast<int32_t>(n_isects);
+  tile_lists = at::empty({n_isects}, int_opts);
+  flatten_ids = at::empty({n_isects}, int_opts);
+  tile_cells = at::empty({n_isects}, int_opts);
+  int32_t* tl = tile_lists.data_ptr<int32_t>();
+  int32_t* fl = flatten_ids.data_ptr<int32_t>();
+  uint32_t* tc = reinterpret_cast<uint32_t*>(tile_cells.data_ptr<int32_t>());
+  parallel_run(n_chunks, 1, [&](int64_t cb, int64_t ce, int) {
+    for (int64_t k = cb; k < ce; ++k) {
+      int32_t* cursor = cursors.data() + k * tiles_per_image;
+      const Listings& in = listed[k];
+      for (int64_t i = 0; i < in.count; ++i) {
+        const int32_t slot = cursor[in.tiles[i]]++;
+        tl[slot] = in.records[i];
+        fl[slot] = order[in.records[i]];
+        tc[slot] = in.cells[i];
+      }
+    }
+  });
 }
 
 // One record per visible entry (see splat_common.h), including the analytic extents that let the
@@ -386,12 +435,16 @@ void check_cpu(const Tensor& t, const char* name) {
 
 template <typename T>
 TileData<T> make_tile_data(const Tensor& records, const Tensor& backgrounds, const Tensor& tile_offsets,
-                           const Tensor& tile_lists, int64_t D, int64_t width, int64_t height) {
+                           const Tensor& tile_lists, const Tensor& tile_cells, int64_t D, int64_t width,
+                           int64_t height) {
+  TORCH_CHECK(tile_cells.numel() == tile_lists.numel() && tile_cells.scalar_type() == at::kInt,
+              "tile_cells must be int32 and as long as tile_lists");
   TileData<T> d;
   d.splats = records.data_ptr<T>();
   d.backgrounds = backgrounds.numel() > 0 ? backgrounds.data_ptr<T>() : nullptr;
   d.tile_offsets = tile_offsets.data_ptr<int32_t>();
   d.tile_lists = tile_lists.data_ptr<int32_t>();
+  d.tile_cells = reinterpret_cast<const uint32_t*>(tile_cells.data_ptr<int32_t>());
   d.D = static_cast<int>(D);
   d.width = static_cast<int>(width);
   d.height = static_cast<int>(height);
@@ -404,7 +457,8 @@ TileData<T> make_tile_data(const Tensor& records, const Tensor& backgrounds, con
 
 // Forward compositing. Returns colours (I,H,W,D), alphas (I,H,W,1), final transmittance (I,H,W),
 // last contributor (I,H,W), the packed splat records, tile offsets, per-tile record lists,
-// per-tile entry lists (gsplat's flatten_ids), record -> entry map, tiles per entry.
+// per-tile entry lists (gsplat's flatten_ids), record -> entry map, tiles per entry, and the
+// per-list-entry cells (see build_tile_lists) that the backward reads back.
 std::vector<Tensor> rasterize_forward(const Tensor& means2d, const Tensor& conics, const Tensor& colors,
                                       const Tensor& opacities, const Tensor& radii, const Tensor& depths,
                                       const Tensor& image_ids, const Tensor& backgrounds, int64_t n_images,
@@ -419,7 +473,7 @@ std::vector<Tensor> rasterize_forward(const Tensor& means2d, const Tensor& conic
   // entries may arrive as (C, N, ...) or (M, ...): only the flat layout matters
   const int64_t D = colors.size(-1), M = means2d.numel() / 2;
   TORCH_CHECK(colors.numel() == M * D && conics.numel() == M * 3 && opacities.numel() == M && radii.numel() == M * 2 &&
-                  depths.numel() == M && image_ids.numel() == M,
+                  depths.numel() == M && (image_ids.numel() == M || (image_ids.numel() == 0 && M % n_images == 0)),
               "entry tensors disagree in length");
   if (backgrounds.numel() > 0) {
     check_cpu(backgrounds, "backgrounds");
@@ -433,17 +487,17 @@ std::vector<Tensor> rasterize_forward(const Tensor& means2d, const Tensor& conic
   Tensor out_alphas = at::empty({n_images, height, width, 1}, opts);
   Tensor out_T = at::empty({n_images, height, width}, opts);
   Tensor out_last = at::empty({n_images, height, width}, opts.dtype(at::kInt));
-  Tensor order, tile_offsets, tile_lists, flatten_ids, records;
+  Tensor order, tile_offsets, tile_lists, flatten_ids, tile_cells, records;
   Tensor tiles_per_gauss = at::empty({M}, opts.dtype(at::kInt));
 
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_forward", [&] {
     const DepthOrder depth_order = sort_entries<scalar_t>(means2d, radii, depths, image_ids, n_images,
                                                                     tiles_x, tiles_y, order, tiles_per_gauss);
     pack_records<scalar_t>(order, means2d, conics, colors, opacities, radii, records);
-    build_tile_lists<scalar_t>(depth_order, records, order, n_images, tiles_x, tiles_y, tile_offsets, tile_lists,
-                               flatten_ids);
+    build_tile_lists<scalar_t>(depth_order, records, order, n_images, tiles_x, tiles_y, tiles_per_gauss,
+                               tile_offsets, tile_lists, flatten_ids, tile_cells);
     TileData<scalar_t> d =
-        make_tile_data<scalar_t>(records, backgrounds, tile_offsets, tile_lists, D, width, height);
+        make_tile_data<scalar_t>(records, backgrounds, tile_offsets, tile_lists, tile_cells, D, width, height);
     d.out_colors = out_colors.data_ptr<scalar_t>();
     d.out_alphas = out_alphas.data_ptr<scalar_t>();
     d.out_T = out_T.data_ptr<scalar_t>();
@@ -451,17 +505,19 @@ std::vector<Tensor> rasterize_forward(const Tensor& means2d, const Tensor& conic
     forward_all_tiles<scalar_t>(d, n_images * tiles_x * tiles_y);
   });
   return {out_colors, out_alphas, out_T, out_last, records, tile_offsets, tile_lists, flatten_ids, order,
-          tiles_per_gauss};
+          tiles_per_gauss, tile_cells};
 }
 
 // Backward compositing: gradients for means2d, conics, colours, opacities and, when absgrad, the
 // per-pixel sums of |dL/d means2d| that gsplat stores as means2d.absgrad.
 std::vector<Tensor> rasterize_backward(const Tensor& means2d, const Tensor& colors, const Tensor& records,
                                        const Tensor& backgrounds, const Tensor& tile_offsets,
-                                       const Tensor& tile_lists, const Tensor& order, const Tensor& out_T,
-                                       const Tensor& out_last, const Tensor& v_colors, const Tensor& v_alphas,
-                                       int64_t n_images, int64_t width, int64_t height, bool absgrad) {
-  for (auto* t : {&records, &tile_offsets, &tile_lists, &order, &out_T, &out_last, &v_colors, &v_alphas})
+                                       const Tensor& tile_lists, const Tensor& tile_cells, const Tensor& order,
+                                       const Tensor& out_T, const Tensor& out_last, const Tensor& v_colors,
+                                       const Tensor& v_alphas, int64_t n_images, int64_t width, int64_t height,
+                                       bool absgrad) {
+  for (auto* t : {&records, &tile_offsets, &tile_lists, &tile_cells, &order, &out_T, &out_last, &v_colors,
+                  &v_alphas})
     check_cpu(*t, "raster backward input");
   const int64_t D = colors.size(-1), n_vis = order.numel();
   TORCH_CHECK(v_colors.numel() == n_images * height * width * D && v_alphas.numel() == n_images * height * width,
@@ -481,7 +537,8 @@ std::vector<Tensor> rasterize_backward(const Tensor& means2d, const Tensor& colo
   Tensor g_abs = absgrad ? at::zeros(means2d.sizes(), opts) : at::empty({0}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(records.scalar_type(), "rasterize_backward", [&] {
-    TileData<scalar_t> d = make_tile_data<scalar_t>(records, backgrounds, tile_offsets, tile_lists, D, width, height);
+    TileData<scalar_t> d =
+        make_tile_data<scalar_t>(records, backgrounds, tile_offsets, tile_lists, tile_cells, D, width, height);
     d.out_T = const_cast<scalar_t*>(out_T.data_ptr<scalar_t>());
     d.out_last = const_cast<int32_t*>(out_last.data_ptr<int32_t>());
     d.v_out_colors = v_colors.data_ptr<scalar_t>();
@@ -528,17 +585,14 @@ std::vector<Tensor> rasterize_backward(const Tensor& means2d, const Tensor& colo
   return {g_means2d, g_conics, g_colors, g_opacities, g_abs};
 }
 
-// Pixel-splat pairs the compositing evaluates (8-pixel half-rows that survive the culling, x8),
-// from the records and lists rasterize_forward returned: the unit of the cost model.
-int64_t count_pairs(const Tensor& records, const Tensor& tile_offsets, const Tensor& tile_lists, int64_t n_images,
-                    int64_t width, int64_t height) {
+// Pixel-splat pairs the compositing evaluates (8-pixel half-rows, x8), from the tile_cells
+// rasterize_forward returned: the unit of the cost model.
+int64_t count_pairs(const Tensor& tile_cells) {
+  check_cpu(tile_cells, "tile_cells");
+  TORCH_CHECK(tile_cells.scalar_type() == at::kInt, "tile_cells must be int32");
+  const uint32_t* c = reinterpret_cast<const uint32_t*>(tile_cells.data_ptr<int32_t>());
   int64_t total = 0;
-  AT_DISPATCH_FLOATING_TYPES(records.scalar_type(), "count_pairs", [&] {
-    const Tensor none = at::empty({0}, records.options());
-    TileData<scalar_t> d = make_tile_data<scalar_t>(records, none, tile_offsets, tile_lists, 1, width, height);
-    const int64_t n_tiles = n_images * d.tiles_x * d.tiles_y;
-    for (int64_t t = 0; t < n_tiles; ++t) total += generic::count_cells<scalar_t>(d, t);
-  });
+  for (int64_t i = 0; i < tile_cells.numel(); ++i) total += __builtin_popcount(c[i]);
   return total * 8;
 }
 

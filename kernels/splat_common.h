@@ -43,6 +43,7 @@ struct TileData {
   const T* splats = nullptr;             // (n_visible, rec::kSize)
   const int32_t* tile_offsets = nullptr; // (I * TH * TW + 1,) start of each tile's list
   const int32_t* tile_lists = nullptr;   // (n_isects,) record ids, front to back per tile
+  const uint32_t* tile_cells = nullptr;  // (n_isects,) the entry's half-rows that can reach 1/255
   const T* backgrounds = nullptr;        // (I, D) or null
   int D = 0, width = 0, height = 0, tiles_x = 0, tiles_y = 0;
 

@@ -53,7 +53,9 @@ def rasterize(
     pass the same flag to ``DefaultStrategy.step_post_backward``.
     On CPU, gradients reach means, quats, scales, opacities, colours/SH and backgrounds, not the
     cameras (viewmats/Ks are treated as constants); SH degrees 0-3; float32 or float64.
-    Meta has no ``isect_ids`` (``flatten_ids``/``isect_offsets`` describe the tile lists).
+    Meta has no ``isect_ids`` (``flatten_ids``/``isect_offsets`` describe the tile lists). On CPU a splat is
+    listed only in the tiles of its bounding box where some pixel can reach alpha >= 1/255 (the others
+    would composite nothing; gsplat lists them all), and ``tiles_per_gauss`` counts those tiles.
     """
     if isinstance(colors, list):
         colors = tuple(colors)
@@ -190,9 +192,10 @@ class _Rasterize(torch.autograd.Function):
                 n_images, width, height, absgrad):
         bg = backgrounds.contiguous() if backgrounds is not None else colors.new_zeros(0)
         (render_colors, render_alphas, trans_final, last_ids, records, tile_offsets, tile_lists, flatten_ids,
-         order, tiles_per_gauss) = _ops().rasterize_forward(
+         order, tiles_per_gauss, tile_cells) = _ops().rasterize_forward(
             means2d, conics, colors, opacities, radii, depths, image_ids, bg, n_images, width, height)
-        ctx.save_for_backward(means2d, colors, records, bg, tile_offsets, tile_lists, order, trans_final, last_ids)
+        ctx.save_for_backward(means2d, colors, records, bg, tile_offsets, tile_lists, tile_cells, order, trans_final,
+                              last_ids)
         ctx.settings = (n_images, width, height, absgrad, backgrounds is not None)
         # the tensor whose .absgrad the densification strategies read
         ctx.absgrad_target = means2d if absgrad else None
@@ -201,7 +204,8 @@ class _Rasterize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_colors, v_alphas, *_unused):
-        means2d, colors, records, bg, tile_offsets, tile_lists, order, trans_final, last_ids = ctx.saved_tensors
+        means2d, colors, records, bg, tile_offsets, tile_lists, tile_cells, order, trans_final, last_ids = (
+            ctx.saved_tensors)
         n_images, width, height, absgrad, has_bg = ctx.settings
         if v_colors is None:
             v_colors = colors.new_zeros((n_images, height, width, colors.shape[-1]))
@@ -209,7 +213,7 @@ class _Rasterize(torch.autograd.Function):
             v_alphas = colors.new_zeros((n_images, height, width, 1))
         v_colors = v_colors.contiguous()
         v_means2d, v_conics, v_cols, v_opac, v_abs = _ops().rasterize_backward(
-            means2d, colors, records, bg, tile_offsets, tile_lists, order, trans_final, last_ids,
+            means2d, colors, records, bg, tile_offsets, tile_lists, tile_cells, order, trans_final, last_ids,
             v_colors, v_alphas.contiguous(), n_images, width, height, absgrad)
         if absgrad:
             ctx.absgrad_target.absgrad = v_abs
@@ -217,6 +221,9 @@ class _Rasterize(torch.autograd.Function):
         if has_bg and ctx.needs_input_grad[4]:
             v_bg = (v_colors * trans_final[..., None]).sum(dim=(1, 2))
         return v_means2d, v_conics, v_cols, v_opac, v_bg, None, None, None, None, None, None, None
+
+
+_NO_IDS = torch.zeros(0, dtype=torch.int32)
 
 
 def _ops():
@@ -277,12 +284,16 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
         image_ids = camera_ids.to(torch.int32)
         meta.update(camera_ids=camera_ids, gaussian_ids=gaussian_ids)
     else:
-        image_ids = torch.arange(c, dtype=torch.int32).repeat_interleave(n)
+        image_ids = _NO_IDS  # the kernel reads (C, N) entries as image i // N
     meta.update(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=point_opacities)
 
     sort_depths = depths.detach().contiguous()
-    chunks = point_colors.split(_MAX_KERNEL_CHANNELS, dim=-1)
-    bg_chunks = backgrounds.split(_MAX_KERNEL_CHANNELS, dim=-1) if backgrounds is not None else [None] * len(chunks)
+    if point_colors.shape[-1] <= _MAX_KERNEL_CHANNELS:  # one pass; split()'s backward would cost a cat
+        chunks, bg_chunks = [point_colors], [backgrounds]
+    else:
+        chunks = point_colors.split(_MAX_KERNEL_CHANNELS, dim=-1)
+        bg_chunks = (backgrounds.split(_MAX_KERNEL_CHANNELS, dim=-1) if backgrounds is not None
+                     else [None] * len(chunks))
     outputs = []
     for chunk, bg_chunk in zip(chunks, bg_chunks):
         outputs.append(_Rasterize.apply(
