@@ -226,6 +226,11 @@ class _Rasterize(torch.autograd.Function):
 _NO_IDS = torch.zeros(0, dtype=torch.int32)
 
 
+def _per_camera(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x repeated for c cameras as a leading dim; one camera is a view (its backward costs no sum)."""
+    return x[None] if c == 1 else x.expand(c, *x.shape)
+
+
 def _ops():
     from recon.kernels import load
 
@@ -260,7 +265,7 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
     if sh_degree is not None:
         point_colors = sh_colors  # (C, N, 3)
     elif colors.dim() == 2:
-        point_colors = colors.to(dtype).expand(c, n, colors.shape[-1])
+        point_colors = _per_camera(colors.to(dtype), c)
     else:
         point_colors = colors.to(dtype)
     if render_mode in ("RGB+D", "RGB+ED"):
@@ -273,7 +278,7 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
             backgrounds = means.new_zeros((c, 1))
     if backgrounds is not None:
         backgrounds = backgrounds.to(dtype)
-    point_opacities = opacities.expand(c, n)
+    point_opacities = _per_camera(opacities, c)
 
     meta: dict[str, Any] = {"batch_ids": None, "camera_ids": None, "gaussian_ids": None}
     if packed:
