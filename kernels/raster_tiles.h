@@ -63,32 +63,27 @@ inline Lanes<float>::V lanes(__m256 v) {
 }
 #endif
 
-// exp for float lanes: Cephes-style range reduction plus a degree-6 polynomial, ~1 ulp on
-// [-87, 88]. Callers clamp the input at -87; inputs above 88 only occur where sigma < 0, a lane
-// that is masked out whatever this returns. The polynomial is evaluated in Estrin's form: the
-// compositing loops are bound by this dependency chain (the out-of-order window holds only two
-// or three cells), so a shorter chain is worth the extra multiply.
-inline Lanes<float>::V exp_v(Lanes<float>::V x) {
+// 2^x for float lanes: x = n + r with n = round(x) (exact, so no Cody-Waite split), then a
+// degree-6 polynomial for 2^r on [-0.5, 0.5] (about 1 ulp) in Estrin's form: the compositing
+// loops are bound by this dependency chain, so a shorter chain is worth an extra multiply. Callers
+// clamp x at -126; x above 128 only occurs on lanes that are masked out.
+inline Lanes<float>::V exp2_v(Lanes<float>::V x) {
   typedef Lanes<float>::V V;
   typedef Lanes<float>::Mask I;
 #if defined(SPLAT_X86_INTRINSICS)
-  const V n = lanes(_mm256_round_ps(m256(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const V n = lanes(_mm256_round_ps(m256(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const I ni = __builtin_convertvector(n, I);
 #else
-  const V fx = x * 1.44269504088896341f;
-  // round to nearest by truncating a positive number (fx >= -126 here)
-  const I ni = __builtin_convertvector(fx + 128.5f, I) - 128;
+  const I ni = __builtin_convertvector(x + 128.5f, I) - 128;  // x >= -126: truncation rounds
   const V n = __builtin_convertvector(ni, V);
 #endif
-  V r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
+  const V r = x - n;
   const V r2 = r * r;
-  const V p54 = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  const V p32 = r * 8.3334519073e-3f + 4.1665795894e-2f;
-  const V p10 = r * 1.6666665459e-1f + 5.0000001201e-1f;
-  const V r4 = r2 * r2;
-  const V p = p54 * r4 + (p32 * r2 + p10);
-  const V y = p * r2 + (r + 1.0f);
+  const V p01 = r * 2.4022647929e-1f + 6.9314720285e-1f;
+  const V p23 = r * 9.6184373577e-3f + 5.5503324712e-2f;
+  const V p45 = r * 1.5353361883e-4f + 1.3398874403e-3f;
+  const V p = p45 * (r2 * r2) + (p23 * r2 + p01);
+  const V y = r * p + 1.0f;
   const I bits = (ni + 127) << 23;
   V scale;
   __builtin_memcpy(&scale, &bits, sizeof(V));
@@ -96,9 +91,9 @@ inline Lanes<float>::V exp_v(Lanes<float>::V x) {
 }
 
 // Double lanes are for float64 checks (gradcheck); exactness matters there, not speed.
-inline Lanes<double>::V exp_v(Lanes<double>::V x) {
+inline Lanes<double>::V exp2_v(Lanes<double>::V x) {
   Lanes<double>::V r;
-  for (int i = 0; i < kLanes; ++i) r[i] = std::exp(x[i]);
+  for (int i = 0; i < kLanes; ++i) r[i] = std::exp2(x[i]);
   return r;
 }
 
@@ -210,20 +205,22 @@ inline void splat_cells(const T* s, const T (&row_dy)[kTile], uint32_t cells[2])
   }
 }
 
-// -sigma = -(0.5 a dx^2 + b dx dy + 0.5 c dy^2) for one splat, split into the terms that depend
-// only on the half-row's lanes (dx) and only on the row (dy), so that a cell costs one FMA and
-// one add: -sigma = nb[h] * dy[row] + na[h] + nc[row].
+// log2(alpha before the clamp) = log2(opacity) - sigma log2(e) for one splat, where
+// sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2, split into the terms that depend only on the
+// half-row's lanes (dx) and only on the row (dy), so that a cell costs one FMA and one add:
+// nb[h] * dy[row] + na[h] + nc[row]. The opacity rides in na, so alpha is a single 2^x.
 template <typename V, typename T>
-struct NegSigma {
+struct Log2Alpha {
   V na[2], nb[2];
   alignas(64) T nc[kTile];
   const T (&dy)[kTile];
-  NegSigma(const V (&dx)[2], const T (&row_dy)[kTile], T ca, T cb, T cc) : dy(row_dy) {
+  Log2Alpha(const V (&dx)[2], const T (&row_dy)[kTile], T ca, T cb, T cc, T log2_opacity) : dy(row_dy) {
+    const T l2e = T(1.4426950408889634);
     for (int h = 0; h < 2; ++h) {
-      na[h] = -(T(0.5) * ca * dx[h] * dx[h]);
-      nb[h] = -(cb * dx[h]);
+      na[h] = (T(-0.5) * l2e * ca) * dx[h] * dx[h] + log2_opacity;
+      nb[h] = (-l2e * cb) * dx[h];
     }
-    for (int i = 0; i < kTile; ++i) nc[i] = -(T(0.5) * cc * dy[i] * dy[i]);
+    for (int i = 0; i < kTile; ++i) nc[i] = (T(-0.5) * l2e * cc) * dy[i] * dy[i];
   }
   V at(int h, int row) const { return nb[h] * dy[row] + na[h] + nc[row]; }
 };
@@ -301,7 +298,7 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
   const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
   const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
   const V t_min = splat_v<V>(static_cast<T>(kTransmittanceMin));
-  const V exp_floor = splat_v<V>(T(-87));
+  const V exp_floor = splat_v<V>(T(-126));
 
   for (int32_t k = tc.start; k < tc.end; ++k) {
     if (k + kPrefetch < tc.end) prefetch_record(d.splats, d.tile_lists[k + kPrefetch]);
@@ -314,20 +311,21 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
     alignas(64) T row_dy[kTile];
     for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
-    const T op = s[rec::kOpacity];
+    const T log2_op = s[rec::kLog2Opacity];
     T col[CD];
     for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
-    const NegSigma<V, T> neg_sigma(dx_half, row_dy, ca, cb, cc);
+    const Log2Alpha<V, T> log2_alpha(dx_half, row_dy, ca, cb, cc, log2_op);
+    const V sigma_zero = splat_v<V>(log2_op);  // where sigma = 0
 
     while (todo) {
       const int cell = __builtin_ctz(todo);
       todo &= todo - 1;
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V neg = neg_sigma.at(h, row);
-      V alpha = min_v(op * exp_v(max_v(neg, exp_floor)), alpha_max);
-      const Mask ok = (neg <= zero) & (alpha >= alpha_min);
+      const V l2a = log2_alpha.at(h, row);
+      V alpha = min_v(exp2_v(max_v(l2a, exp_floor)), alpha_max);
+      const Mask ok = (l2a <= sigma_zero) & (alpha >= alpha_min);  // sigma >= 0 and alpha >= 1/255
       alpha = ok ? alpha : zero;
       const V t_cur = load<V>(trans + base);
       V t_next = t_cur * (T(1) - alpha);
@@ -450,7 +448,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   const V one = splat_v<V>(T(1));
   const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
   const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
-  const V exp_floor = splat_v<V>(T(-87));
+  const V exp_floor = splat_v<V>(T(-126));
 
   for (int32_t k = k_first; k >= tc.start; --k) {
     if (k - kPrefetch >= tc.start) {
@@ -467,33 +465,33 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     alignas(64) T row_dy[kTile];
     for (int i = 0; i < kTile; ++i) row_dy[i] = my - row_y[i];
     const T ca = s[rec::kConicA], cb = s[rec::kConicB], cc = s[rec::kConicC];
-    const T op = s[rec::kOpacity];
+    const T log2_op = s[rec::kLog2Opacity];
     T col[CD];
     for (int c = 0; c < CD; ++c) col[c] = s[rec::kColor + c];
     const IndexV k_vec = IndexV{} + k;
     const V dx_half[2] = {mx - load<V>(lane_x), mx - load<V>(lane_x + kLanes)};
-    const NegSigma<V, T> neg_sigma(dx_half, row_dy, ca, cb, cc);
+    const Log2Alpha<V, T> log2_alpha(dx_half, row_dy, ca, cb, cc, log2_op);
+    const V sigma_zero = splat_v<V>(log2_op);
 
     // acc: mean x/y, conic a/b/c, opacity, |mean x|, |mean y| (grad:: order); acc_col: colours
     V acc[8], acc_col[8];
     for (int i = 0; i < 8; ++i) acc[i] = acc_col[i] = zero;
 
-    // Two passes, as in fwd_tile: the splat's alphas first, then the updates.
-    alignas(64) T alphas[2 * kTile][kLanes], live_vis[2 * kTile][kLanes];
+    // Two passes: the splat's alphas first (independent exp chains), then the updates.
+    alignas(64) T alphas[2 * kTile][kLanes], live_alpha[2 * kTile][kLanes];
     for (uint32_t left = todo; left; left &= left - 1) {
       const int cell = __builtin_ctz(left);
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
-      const V neg = neg_sigma.at(h, row);
-      const V vis = exp_v(max_v(neg, exp_floor));
-      const V op_vis = op * vis;
+      const V l2a = log2_alpha.at(h, row);
+      const V op_vis = exp2_v(max_v(l2a, exp_floor));  // opacity x exp(-sigma)
       const V alpha = min_v(op_vis, alpha_max);
       const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
-      const Mask ok = __builtin_convertvector(in_range, Mask) & (neg <= zero) & (alpha >= alpha_min);
+      const Mask ok = __builtin_convertvector(in_range, Mask) & (l2a <= sigma_zero) & (alpha >= alpha_min);
       // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
       store(alphas[cell], ok ? alpha : zero);
       // the 0.999 clamp blocks the gradient to opacity and shape
-      store(live_vis[cell], ok & (op_vis <= alpha_max) ? vis : zero);
+      store(live_alpha[cell], ok & (op_vis <= alpha_max) ? op_vis : zero);
     }
     while (todo) {
       const int cell = __builtin_ctz(todo);
@@ -503,7 +501,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const int base = row * kTile + h * kLanes;
       const V dx = dx_half[h];
       const V a_ok = load<V>(alphas[cell]);
-      const V lv = load<V>(live_vis[cell]);
+      const V lv = load<V>(live_alpha[cell]);
       const V ra = one / (one - a_ok);
       const V t_here = load<V>(trans + base) * ra;
       const V fac = a_ok * t_here;
@@ -518,9 +516,9 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const V v_alpha = col_dot * t_here + ra * (load<V>(v_final + base) - bh);
       store(behind + base, bh + fac * col_dot);
       // selects, not products with lv = 0: an Inf or NaN pixel gradient must not reach splats
-      // that do not contribute to the pixel (vis >= exp(-87) > 0 on live lanes)
+      // that do not contribute to the pixel (live lanes have alpha >= 1/255)
       const Mask lm = lv > zero;
-      const V v_sigma = lm ? -op * lv * v_alpha : zero;
+      const V v_sigma = lm ? -lv * v_alpha : zero;
       const V gx = v_sigma * (ca * dx + cb * dy);
       const V gy = v_sigma * (cb * dx + cc * dy);
       acc[grad::kMeanX] += gx;
@@ -536,7 +534,11 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       store(trans + base, t_here);
     }
     T* g = grad_slab + static_cast<int64_t>(id) * grad::kSize;
-    store(g, load<V>(g) + reduce8(acc));
+    V sums = reduce8(acc);
+    // acc held d alpha / d opacity times the opacity (alpha before the clamp): divide it out
+    const T op = s[rec::kOpacity];
+    sums[grad::kOpacity] *= op > T(0) ? T(1) / op : T(0);
+    store(g, load<V>(g) + sums);
     store(g + grad::kColor, load<V>(g + grad::kColor) + reduce8(acc_col));
   }
 }

@@ -402,7 +402,7 @@ void pack_records(const Tensor& order_t, const Tensor& means2d, const Tensor& co
       s[rec::kRadiusX] = static_cast<T>(rp[2 * i]);
       s[rec::kRadiusY] = static_cast<T>(rp[2 * i + 1]);
       for (int k = 0; k < kMaxChannels; ++k) s[rec::kColor + k] = k < D ? col[i * D + k] : T(0);
-      s[rec::kSize - 1] = 0;
+      s[rec::kLog2Opacity] = std::log2(op[i]);
       // alpha >= 1/255 needs sigma <= L = ln(opacity * 255). Along a row at offset dy, sigma is a
       // parabola in dx = mean_x - pixel_x with minimum dy^2 det / (2a) at dx = -b dy / a, so the
       // reachable pixels satisfy (dx + b dy / a)^2 <= 2L/a - dy^2 det / a^2.

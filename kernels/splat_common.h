@@ -27,6 +27,7 @@ constexpr int kSlopeX = 10;
 constexpr int kSpanQ0 = 11;
 constexpr int kSpanQ1 = 12;
 constexpr int kRadiusX = 13, kRadiusY = 14;  // the projection's integer radii, for the tile range
+constexpr int kLog2Opacity = 15;  // the tile loops evaluate alpha as 2^(log2(opacity) - sigma log2(e))
 constexpr int kSize = 16;
 }  // namespace rec
 
