@@ -210,6 +210,53 @@ def test_many_splats_binned_in_parallel_chunks():
     assert meta["tiles_per_gauss"].sum() == meta["flatten_ids"].numel()
 
 
+def _tile_pairs(meta, n):
+    """(camera * n + gaussian, tile) pairs of meta's tile lists, unpacked layout."""
+    offsets = meta["isect_offsets"].reshape(-1).tolist() + [meta["flatten_ids"].numel()]
+    return {(int(g), t % (meta["tile_width"] * meta["tile_height"]))
+            for t in range(len(offsets) - 1) for g in meta["flatten_ids"][offsets[t]:offsets[t + 1]]}
+
+
+def test_tile_lists_hold_the_tiles_a_splat_can_reach():
+    """A splat is listed in the tiles of its bounding box where some pixel reaches alpha >= 1/255,
+    and in few others (rows are tested as continuous intervals, which can fall between pixel
+    centres); gsplat lists the whole box, which composites the same image."""
+    viewmats, Ks = cameras(2, 70, 50, torch.float64)
+    params = gaussians(300, seed=11, scale=0.15, dtype=torch.float64)
+    _, _, meta = rasterize(*params, viewmats, Ks, 70, 50)
+    listed = _tile_pairs(meta, 300)
+    tw, th, tile = meta["tile_width"], meta["tile_height"], meta["tile_size"]
+    ys, xs = torch.meshgrid(torch.arange(50, dtype=torch.float64) + 0.5, torch.arange(70, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    reach, box = set(), set()
+    for c in range(2):
+        for g in torch.nonzero((meta["radii"][c] > 0).all(dim=-1)).squeeze(1).tolist():
+            mx, my = meta["means2d"][c, g].tolist()
+            a, b, cc = meta["conics"][c, g].tolist()
+            dx, dy = mx - xs, my - ys
+            sigma = 0.5 * (a * dx * dx + cc * dy * dy) + b * dx * dy
+            alpha = meta["opacities"][c, g] * torch.exp(-sigma)
+            rx, ry = meta["radii"][c, g].tolist()
+            x0, x1 = max(0, math.floor((mx - rx) / tile)), min(tw, math.ceil((mx + rx) / tile))
+            y0, y1 = max(0, math.floor((my - ry) / tile)), min(th, math.ceil((my + ry) / tile))
+            for ty in range(y0, y1):
+                for tx in range(x0, x1):
+                    key = (c * 300 + g, ty * tw + tx)
+                    box.add(key)
+                    block = alpha[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]
+                    ok = sigma[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile] >= 0
+                    if ((block >= 1 / 255) & ok).any():
+                        reach.add(key)
+    assert reach <= listed <= box
+    assert len(listed - reach) <= 0.02 * len(listed)
+    assert len(listed) < 0.9 * len(box)  # the narrowing happens in this scene
+    counts = meta["tiles_per_gauss"].reshape(-1)
+    per_gauss = torch.zeros_like(counts)
+    for g, _ in listed:
+        per_gauss[g] += 1
+    assert torch.equal(counts, per_gauss)
+
+
 def test_hard_cases_are_culled_as_expected():
     viewmats, Ks = cameras(2, W, H)
     _, _, meta = rasterize(*hard_cases(), viewmats, Ks, W, H)
