@@ -388,7 +388,7 @@ SIMD_CLONES void project_backward_range(const ProjectArgs<S>& a, int64_t g_begin
         active[i] = on ? -1 : 0;
         for (int j = 0; j < 3; ++j) vc[j][i] = on ? a.v_conics[3 * idx + j] : S(0);
         for (int j = 0; j < 2; ++j) vm[j][i] = on ? a.v_means2d[2 * idx + j] : S(0);
-        vdep[i] = on ? a.v_depths[idx] : S(0);
+        vdep[i] = on && a.v_depths ? a.v_depths[idx] : S(0);
       }
       if (!lane_bits(active)) continue;
       const S* K3 = a.Ks + 9 * c;
@@ -596,7 +596,7 @@ void project_backward_impl(const Tensor& means, const Tensor& quats, const Tenso
       project_args<S>(means, quats, scales, viewmats, Ks, campos, sh, sh_rest, use_sh ? sh_degree : -1, s);
   a.radii_in = radii.data_ptr<int32_t>();
   a.v_means2d = v_means2d.data_ptr<S>();
-  a.v_depths = v_depths.data_ptr<S>();
+  a.v_depths = v_depths.numel() > 0 ? v_depths.data_ptr<S>() : nullptr;  // empty: no depth gradient
   a.v_conics = v_conics.data_ptr<S>();
   a.v_means = v_means.data_ptr<S>();
   a.v_quats = v_quats.data_ptr<S>();

@@ -520,6 +520,9 @@ GRAD_CASES = {
     "hard-cases": dict(kw={}, params=hard_cases),
     "dense-opaque": dict(kw={}, params=lambda d: gaussians(200, seed=9, dtype=d, scale=0.6)),
     "dense-opaque-45x30": dict(kw={}, params=lambda d: gaussians(200, seed=9, dtype=d, scale=0.6), size=(45, 30)),
+    # one camera: (N, D) colours and (N,) opacities reach the kernels without a camera dim
+    "rgb-one-camera": dict(kw={}, params=lambda d: gaussians(100, dtype=d), cameras=1),
+    "rgb+d-one-camera": dict(kw=dict(render_mode="RGB+D"), params=lambda d: gaussians(100, dtype=d), cameras=1),
 }
 
 
@@ -529,7 +532,7 @@ GRAD_CASES = {
 def test_gradients_match_reference(case, dtype, absgrad):
     spec = GRAD_CASES[case]
     w, h = spec.get("size", (W, H))
-    viewmats, Ks = cameras(2, w, h, dtype)
+    viewmats, Ks = cameras(spec.get("cameras", 2), w, h, dtype)
     kw = dict(spec["kw"])
     if kw.get("backgrounds") == "bg":
         kw["backgrounds"] = torch.tensor([[0.3, 0.6, 0.1], [0.9, 0.9, 0.2]], dtype=dtype)

@@ -165,12 +165,8 @@ class _Project(torch.autograd.Function):
         means, quats, scales, sh, sh_rest, viewmats, Ks, campos, radii = ctx.saved_tensors
         sh_degree, width, height, eps2d = ctx.settings
 
-        def dense(g, like):
-            return torch.zeros_like(like) if g is None else g.contiguous()
-
-        zeros_2d = radii.new_zeros(radii.shape, dtype=means.dtype)
-        v_means2d = dense(v_means2d, zeros_2d)
-        v_depths = dense(v_depths, zeros_2d[..., 0])
+        v_means2d = v_means2d.contiguous() if v_means2d is not None else radii.new_zeros(radii.shape, dtype=means.dtype)
+        v_depths = v_depths.contiguous() if v_depths is not None else means.new_zeros(0)  # empty: none
         v_conics = v_conics.contiguous() if v_conics is not None else means.new_zeros(radii.shape[:2] + (3,))
         if sh_degree >= 0:
             v_colors = v_colors.contiguous() if v_colors is not None else means.new_zeros(radii.shape[:2] + (3,))
@@ -197,6 +193,7 @@ class _Rasterize(torch.autograd.Function):
         ctx.save_for_backward(means2d, colors, records, bg, tile_offsets, tile_lists, tile_cells, order, trans_final,
                               last_ids)
         ctx.settings = (n_images, width, height, absgrad, backgrounds is not None)
+        ctx.opacity_shape = opacities.shape
         # the tensor whose .absgrad the densification strategies read
         ctx.absgrad_target = means2d if absgrad else None
         ctx.mark_non_differentiable(tile_offsets, flatten_ids, tiles_per_gauss)
@@ -220,6 +217,8 @@ class _Rasterize(torch.autograd.Function):
         v_bg = None
         if has_bg and ctx.needs_input_grad[4]:
             v_bg = (v_colors * trans_final[..., None]).sum(dim=(1, 2))
+        # the kernel shapes the opacity gradient like means2d's leading dims; opacities may be flat
+        v_opac = v_opac.view(ctx.opacity_shape)
         return v_means2d, v_conics, v_cols, v_opac, v_bg, None, None, None, None, None, None, None
 
 
@@ -265,11 +264,12 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
     if sh_degree is not None:
         point_colors = sh_colors  # (C, N, 3)
     elif colors.dim() == 2:
-        point_colors = _per_camera(colors.to(dtype), c)
+        # one camera, unpacked: the kernels read entries flat, so (N, D) colours go in as they are
+        point_colors = colors.to(dtype) if c == 1 and not packed else _per_camera(colors.to(dtype), c)
     else:
         point_colors = colors.to(dtype)
     if render_mode in ("RGB+D", "RGB+ED"):
-        point_colors = torch.cat([point_colors, depths[..., None]], dim=-1)
+        point_colors = torch.cat([point_colors, depths.reshape(*point_colors.shape[:-1], 1)], dim=-1)
         if backgrounds is not None:
             backgrounds = torch.cat([backgrounds.to(dtype), backgrounds.new_zeros((c, 1), dtype=dtype)], dim=-1)
     elif render_mode in ("D", "ED"):
@@ -278,7 +278,8 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
             backgrounds = means.new_zeros((c, 1))
     if backgrounds is not None:
         backgrounds = backgrounds.to(dtype)
-    point_opacities = _per_camera(opacities, c)
+    point_opacities = _per_camera(opacities, c)  # meta's (C, N)
+    kernel_opacities = opacities if c == 1 and not packed else point_opacities
 
     meta: dict[str, Any] = {"batch_ids": None, "camera_ids": None, "gaussian_ids": None}
     if packed:
@@ -286,6 +287,7 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
         camera_ids, gaussian_ids = torch.nonzero(visible, as_tuple=True)
         radii, means2d, depths, conics = radii[visible], means2d[visible], depths[visible], conics[visible]
         point_colors, point_opacities = point_colors[visible], point_opacities[visible]
+        kernel_opacities = point_opacities
         image_ids = camera_ids.to(torch.int32)
         meta.update(camera_ids=camera_ids, gaussian_ids=gaussian_ids)
     else:
@@ -302,7 +304,7 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
     outputs = []
     for chunk, bg_chunk in zip(chunks, bg_chunks):
         outputs.append(_Rasterize.apply(
-            means2d, conics.contiguous(), chunk.contiguous(), point_opacities.contiguous(), bg_chunk, radii,
+            means2d, conics.contiguous(), chunk.contiguous(), kernel_opacities.contiguous(), bg_chunk, radii,
             sort_depths, image_ids, c, width, height, absgrad))
     render_colors = outputs[0][0] if len(outputs) == 1 else torch.cat([o[0] for o in outputs], dim=-1)
     render_alphas, tile_offsets, flatten_ids, tiles_per_gauss = outputs[0][1:]
