@@ -300,8 +300,8 @@ def main():
               f"{ours['extra_mb']:.0f} | "
               f"{base_cols} | {pairs_pp:.0f} | {ours['isects']} | {fwd_ns:.2f} | {bwd_ns:.2f} |", flush=True)
     load_after = os.getloadavg()
-    print(f"# threads {torch_threads()}, medians of {args.runs} runs (ours: twice that, before and after the "
-          f"baseline; baseline {args.baseline_runs}); "
+    print(f"# threads {torch_threads()}, medians of {args.runs} runs (ours: twice that where the baseline ran, "
+          f"before and after it; baseline {args.baseline_runs}); "
           f"load average {load_after[0]:.1f} at end")
 
 
