@@ -4,7 +4,8 @@ extension on first use and exposes its operators.
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
 overrides the root), so a source change triggers exactly one rebuild and nothing is shared
 between versions. Operators live under ``torch.ops.recon_splat``; ``recon.render.rasterize`` is
-the API to use. ``RECON_SPLAT_ISA=generic`` forces the portable tile kernels instead of AVX2.
+the API to use. ``RECON_SPLAT_ISA=generic`` (or ``avx2``) caps the tile kernels' instruction set
+below the widest the CPU has (AVX-512, AVX2, portable).
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ _SOURCE_DIR = Path(__file__).resolve().parent
 _SOURCES = (
     "rasterize_cpu.cpp", "projection_cpu.cpp", "ssim_cpu.cpp", "decode_head_cpu.cpp", "sparse_conv_cpu.cpp",
     "parallel.cpp",
-    "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp",
+    "raster_tiles_generic.cpp", "raster_tiles_avx2.cpp", "raster_tiles_avx512.cpp",
 )
 _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h", "vec8.h")
-# No -march=native (the CPU running the build may not be the one running it later): the AVX2 tile
-# kernels are a separate translation unit chosen at run time. Threads come from our own pool.
+# No -march=native (the CPU running the build may not be the one running it later): the AVX2 and
+# AVX-512 tile kernels are separate translation units chosen at run time. Threads come from our own pool.
 _CFLAGS = ["-O3", "-fno-math-errno", "-Wno-psabi"]
 _LDFLAGS: list[str] = []
 
@@ -113,5 +114,6 @@ def load():
 
 
 def select_isa(name: str = "auto") -> str:
-    """Pick the tile kernels ("auto" or "generic"); returns the instruction set now in use."""
+    """Pick the tile kernels ("auto", or at most "avx512", "avx2" or "generic"); returns the instruction
+    set now in use (the widest the CPU has, up to the one asked for)."""
     return load().select_isa(name)

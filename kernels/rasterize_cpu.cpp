@@ -29,11 +29,17 @@ template <typename T> void composite_forward(const TileData<T>&, int64_t);
 template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
 }  // namespace generic
 #if defined(__x86_64__) && defined(__GNUC__)
+#define SPLAT_HAS_X86_BUILDS 1
 namespace avx2 {
 template <typename T> int rect_cells(const T*, int, int, int, int, int, int32_t*, uint32_t*);
 template <typename T> void composite_forward(const TileData<T>&, int64_t);
 template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
 }  // namespace avx2
+namespace avx512 {
+template <typename T> int rect_cells(const T*, int, int, int, int, int, int32_t*, uint32_t*);
+template <typename T> void composite_forward(const TileData<T>&, int64_t);
+template <typename T> void composite_backward(const TileData<T>&, T*, int64_t);
+}  // namespace avx512
 #endif
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_forward(
@@ -49,49 +55,61 @@ namespace {
 
 using at::Tensor;
 
-bool cpu_has_avx2() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+Isa widest_isa() {
+#if defined(SPLAT_HAS_X86_BUILDS)
+  static const Isa widest = [] {
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kGeneric;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+      return Isa::kAvx512;
+    return Isa::kAvx2;
+  }();
+  return widest;
 #else
-  return false;
+  return Isa::kGeneric;
 #endif
 }
 
-// "auto" picks the widest supported; tests force "generic" to check both builds agree.
-std::string& isa_choice() {
-  static std::string choice = [] {
+// The tile kernels in use: "auto" (the widest the CPU supports), or at most "avx2" or "generic"
+// (RECON_SPLAT_ISA or select_isa); tests force each to check the builds agree.
+Isa& isa_in_use() {
+  static Isa isa = [] {
     const char* env = std::getenv("RECON_SPLAT_ISA");
-    return std::string(env ? env : "auto");
+    const std::string choice = env ? env : "auto";
+    const Isa cap = choice == "generic" ? Isa::kGeneric : choice == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+    return std::min(cap, widest_isa());
   }();
-  return choice;
+  return isa;
 }
-
-bool use_avx2() { return cpu_has_avx2() && isa_choice() != "generic"; }
 
 template <typename T>
 using RectCells = int (*)(const T*, int, int, int, int, int, int32_t*, uint32_t*);
 
 template <typename T>
 RectCells<T> rect_cells_fn() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (use_avx2()) return &avx2::rect_cells<T>;
+#if defined(SPLAT_HAS_X86_BUILDS)
+  if (isa_in_use() == Isa::kAvx512) return &avx512::rect_cells<T>;
+  if (isa_in_use() == Isa::kAvx2) return &avx2::rect_cells<T>;
 #endif
   return &generic::rect_cells<T>;
 }
 
 template <typename T>
 void run_forward_tile(const TileData<T>& d, int64_t tile) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (use_avx2()) return avx2::composite_forward<T>(d, tile);
+#if defined(SPLAT_HAS_X86_BUILDS)
+  if (isa_in_use() == Isa::kAvx512) return avx512::composite_forward<T>(d, tile);
+  if (isa_in_use() == Isa::kAvx2) return avx2::composite_forward<T>(d, tile);
 #endif
   generic::composite_forward<T>(d, tile);
 }
 
 template <typename T>
 void run_backward_tile(const TileData<T>& d, T* slab, int64_t tile) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (use_avx2()) return avx2::composite_backward<T>(d, slab, tile);
+#if defined(SPLAT_HAS_X86_BUILDS)
+  if (isa_in_use() == Isa::kAvx512) return avx512::composite_backward<T>(d, slab, tile);
+  if (isa_in_use() == Isa::kAvx2) return avx2::composite_backward<T>(d, slab, tile);
 #endif
   generic::composite_backward<T>(d, slab, tile);
 }
@@ -596,11 +614,20 @@ int64_t count_pairs(const Tensor& tile_cells) {
   return total * 8;
 }
 
-// Selects the tile kernels: "auto" (widest the CPU supports) or "generic". Returns the one in use.
+// Selects the tile kernels: "auto" (the widest the CPU supports), or at most "avx2" or "generic"
+// ("query" changes nothing). Returns the one in use.
 std::string select_isa(const std::string& name) {
-  TORCH_CHECK(name == "auto" || name == "generic" || name == "query", "isa must be auto, generic or query");
-  if (name != "query") isa_choice() = name;
-  return use_avx2() ? "avx2" : "generic";
+  TORCH_CHECK(name == "auto" || name == "avx512" || name == "avx2" || name == "generic" || name == "query",
+              "isa must be auto, avx512, avx2, generic or query");
+  if (name != "query") {
+    const Isa cap = name == "generic" ? Isa::kGeneric : name == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+    isa_in_use() = std::min(cap, widest_isa());
+  }
+  switch (isa_in_use()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "generic";
+  }
 }
 
 }  // namespace splat

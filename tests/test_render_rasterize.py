@@ -580,14 +580,17 @@ def test_gradcheck_float64(sh_degree):
 
 # -- implementation variants agree ------------------------------------------------------------
 
-def test_portable_kernels_match_simd_kernels():
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_portable_kernels_match_simd_kernels(isa):
     from recon.kernels import select_isa
 
     viewmats, Ks = cameras(2, W, H)
     params = gaussians(200)
     active = select_isa("auto")
-    fast = run(rasterize, params, viewmats, Ks, W, H, absgrad=True)
     try:
+        if select_isa(isa) != isa:
+            pytest.skip(f"this CPU has no {isa}")
+        fast = run(rasterize, params, viewmats, Ks, W, H, absgrad=True)
         assert select_isa("generic") == "generic"
         portable = run(rasterize, params, viewmats, Ks, W, H, absgrad=True)
     finally:
@@ -595,6 +598,21 @@ def test_portable_kernels_match_simd_kernels():
     torch.testing.assert_close(fast[0], portable[0], atol=1e-6, rtol=0)
     for g, pg in zip(fast[3], portable[3]):
         assert close(g, pg, 1e-5)
+
+
+def test_isa_choice_is_capped_by_the_cpu():
+    from recon.kernels import select_isa
+
+    active = select_isa("auto")
+    order = ["generic", "avx2", "avx512"]
+    try:
+        assert select_isa("generic") == "generic"
+        assert order.index(select_isa("avx2")) <= order.index("avx2")
+        assert select_isa("query") == select_isa("query")
+    finally:
+        assert select_isa("auto") == active
+    with pytest.raises(RuntimeError, match="isa must be"):
+        select_isa("sse9")
 
 
 def test_thread_count_does_not_change_results():
