@@ -473,7 +473,10 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
     const Log2Alpha<V, T> log2_alpha(dx_half, row_dy, ca, cb, cc, log2_op);
     const V sigma_zero = splat_v<V>(log2_op);
 
-    // acc: mean x/y, conic a/b/c, opacity, |mean x|, |mean y| (grad:: order); acc_col: colours
+    // acc: the sums of p, p dx, p dy, p dx^2, p dx dy, p dy^2 (k* order below) and |dL/d mean x|,
+    // |dL/d mean y| (absgrad), where p = -dL/dsigma per pixel: the shape gradients are linear in
+    // them, so they are formed once per splat below; acc_col: colours
+    constexpr int kP = 0, kPx = 1, kPy = 2, kPxx = 3, kPxy = 4, kPyy = 5, kAbsX = 6, kAbsY = 7;
     V acc[8], acc_col[8];
     for (int i = 0; i < 8; ++i) acc[i] = acc_col[i] = zero;
 
@@ -517,27 +520,37 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       store(behind + base, bh + fac * col_dot);
       // selects, not products with lv = 0: an Inf or NaN pixel gradient must not reach splats
       // that do not contribute to the pixel (live lanes have alpha >= 1/255)
-      const Mask lm = lv > zero;
-      const V v_sigma = lm ? -lv * v_alpha : zero;
-      const V gx = v_sigma * (ca * dx + cb * dy);
-      const V gy = v_sigma * (cb * dx + cc * dy);
-      acc[grad::kMeanX] += gx;
-      acc[grad::kMeanY] += gy;
-      acc[grad::kConicA] += T(0.5) * v_sigma * dx * dx;
-      acc[grad::kConicB] += v_sigma * dx * dy;
-      acc[grad::kConicC] += T(0.5) * v_sigma * dy * dy;
-      acc[grad::kOpacity] += lm ? lv * v_alpha : zero;
+      // p = dL/dalpha x alpha (before the clamp) = -dL/dsigma, since d alpha / d sigma = -alpha
+      const V p = lv > zero ? lv * v_alpha : zero;
+      const V pdx = p * dx, pdy = p * dy;
+      acc[kP] += p;
+      acc[kPx] += pdx;
+      acc[kPy] += pdy;
+      acc[kPxx] += pdx * dx;
+      acc[kPxy] += pdx * dy;
+      acc[kPyy] += pdy * dy;
       if constexpr (ABS) {
-        acc[grad::kAbsX] += gx < zero ? -gx : gx;
-        acc[grad::kAbsY] += gy < zero ? -gy : gy;
+        const V gx = ca * pdx + cb * pdy, gy = cb * pdx + cc * pdy;  // -dL/d mean, per pixel
+        acc[kAbsX] += gx < zero ? -gx : gx;
+        acc[kAbsY] += gy < zero ? -gy : gy;
       }
       store(trans + base, t_here);
     }
     T* g = grad_slab + static_cast<int64_t>(id) * grad::kSize;
-    V sums = reduce8(acc);
-    // acc held d alpha / d opacity times the opacity (alpha before the clamp): divide it out
+    const V m = reduce8(acc);
+    // sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 with dx = mean x - pixel x: dL/dsigma = -p gives
+    // the mean's gradient -(a dx + b dy) p, -(b dx + c dy) p and the conic's -0.5 dx^2 p, ...;
+    // alpha = opacity exp(-sigma) gives dL/dopacity = p / opacity
     const T op = s[rec::kOpacity];
-    sums[grad::kOpacity] *= op > T(0) ? T(1) / op : T(0);
+    V sums = zero;
+    sums[grad::kMeanX] = -(ca * m[kPx] + cb * m[kPy]);
+    sums[grad::kMeanY] = -(cb * m[kPx] + cc * m[kPy]);
+    sums[grad::kConicA] = T(-0.5) * m[kPxx];
+    sums[grad::kConicB] = -m[kPxy];
+    sums[grad::kConicC] = T(-0.5) * m[kPyy];
+    sums[grad::kOpacity] = op > T(0) ? m[kP] / op : T(0);
+    sums[grad::kAbsX] = m[kAbsX];
+    sums[grad::kAbsY] = m[kAbsY];
     store(g, load<V>(g) + sums);
     store(g + grad::kColor, load<V>(g + grad::kColor) + reduce8(acc_col));
   }
