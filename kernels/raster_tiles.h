@@ -66,7 +66,7 @@ inline Lanes<float>::V lanes(__m256 v) {
 // 2^x for float lanes: x = n + r with n = round(x) (exact, so no Cody-Waite split), then a
 // degree-6 polynomial for 2^r on [-0.5, 0.5] (about 1 ulp) in Estrin's form: the compositing
 // loops are bound by this dependency chain, so a shorter chain is worth an extra multiply. Callers
-// clamp x at -126; x above 128 only occurs on lanes that are masked out.
+// drop the lanes where x is below -126 or above 128, whatever this returns there.
 inline Lanes<float>::V exp2_v(Lanes<float>::V x) {
   typedef Lanes<float>::V V;
   typedef Lanes<float>::Mask I;
@@ -296,9 +296,8 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
 
   const V zero = splat_v<V>(T(0));
   const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
-  const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
+  const V log2_alpha_min = splat_v<V>(static_cast<T>(kLog2AlphaThreshold));
   const V t_min = splat_v<V>(static_cast<T>(kTransmittanceMin));
-  const V exp_floor = splat_v<V>(T(-126));
 
   for (int32_t k = tc.start; k < tc.end; ++k) {
     if (k + kPrefetch < tc.end) prefetch_record(d.splats, d.tile_lists[k + kPrefetch]);
@@ -324,12 +323,14 @@ void fwd_tile(const TileData<T>& d, int64_t tile_index) {
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
       const V l2a = log2_alpha.at(h, row);
-      V alpha = min_v(exp2_v(max_v(l2a, exp_floor)), alpha_max);
-      const Mask ok = (l2a <= sigma_zero) & (alpha >= alpha_min);  // sigma >= 0 and alpha >= 1/255
+      // sigma >= 0 and alpha >= 1/255, tested on the exponent (2^x is meaningless below -126 and
+      // the lanes that are not ok are dropped whatever it returns)
+      const Mask ok = (l2a <= sigma_zero) & (l2a >= log2_alpha_min);
+      V alpha = min_v(exp2_v(l2a), alpha_max);
       alpha = ok ? alpha : zero;
       const V t_cur = load<V>(trans + base);
-      V t_next = t_cur * (T(1) - alpha);
       V w = alpha * t_cur;
+      V t_next = t_cur - w;  // T (1 - alpha)
       const Mask stop = (t_next <= t_min) & (t_cur > zero);
       const uint32_t stop_bits = lane_bits(stop);
       if (__builtin_expect(stop_bits != 0, 0)) {
@@ -447,8 +448,7 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
   const V zero = splat_v<V>(T(0));
   const V one = splat_v<V>(T(1));
   const V alpha_max = splat_v<V>(static_cast<T>(kAlphaMax));
-  const V alpha_min = splat_v<V>(static_cast<T>(kAlphaThreshold));
-  const V exp_floor = splat_v<V>(T(-126));
+  const V log2_alpha_min = splat_v<V>(static_cast<T>(kLog2AlphaThreshold));
 
   for (int32_t k = k_first; k >= tc.start; --k) {
     if (k - kPrefetch >= tc.start) {
@@ -487,10 +487,10 @@ void bwd_tile(const TileData<T>& d, T* grad_slab, int64_t tile_index) {
       const int row = cell & (kTile - 1), h = cell >> 4;
       const int base = row * kTile + h * kLanes;
       const V l2a = log2_alpha.at(h, row);
-      const V op_vis = exp2_v(max_v(l2a, exp_floor));  // opacity x exp(-sigma)
+      const V op_vis = exp2_v(l2a);  // opacity x exp(-sigma)
       const V alpha = min_v(op_vis, alpha_max);
       const IndexV in_range = k_vec < load<IndexV>(stop_at + base);
-      const Mask ok = __builtin_convertvector(in_range, Mask) & (l2a <= sigma_zero) & (alpha >= alpha_min);
+      const Mask ok = __builtin_convertvector(in_range, Mask) & (l2a <= sigma_zero) & (l2a >= log2_alpha_min);
       // lanes that are not ok get alpha 0: T and the sums below are then left unchanged
       store(alphas[cell], ok ? alpha : zero);
       // the 0.999 clamp blocks the gradient to opacity and shape

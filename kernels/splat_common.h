@@ -10,6 +10,7 @@ namespace splat {
 constexpr int kTile = 16;                 // tile side in pixels (gsplat's default tile_size)
 constexpr int kTilePixels = kTile * kTile;
 constexpr float kAlphaThreshold = 1.0f / 255.0f;  // skip splats fainter than this
+constexpr double kLog2AlphaThreshold = -7.994353436858858;  // log2(1/255): the tile loops test exponents
 constexpr float kAlphaMax = 0.999f;       // gsplat 1.5 clamps alpha here
 constexpr float kTransmittanceMin = 1e-4f;  // a pixel is done once T would drop to this
 constexpr int kMaxChannels = 4;           // channels per compositing pass
