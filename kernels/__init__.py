@@ -4,8 +4,8 @@ extension on first use and exposes its operators.
 The build lands in ``~/.cache/recon/kernels/<hash of the sources>`` (``RECON_KERNEL_CACHE``
 overrides the root), so a source change triggers exactly one rebuild and nothing is shared
 between versions. Operators live under ``torch.ops.recon_splat``; ``recon.render.rasterize`` is
-the API to use. ``RECON_SPLAT_ISA=generic`` (or ``avx2``) caps the tile kernels' instruction set
-below the widest the CPU has (AVX-512, AVX2, portable).
+the API to use. ``RECON_SPLAT_ISA`` (``auto``, ``avx512``, ``avx2`` or ``generic``) caps the tile
+kernels' instruction set; by default they use the widest the CPU has (AVX-512, AVX2, portable).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ _HEADERS = ("splat_common.h", "raster_tiles.h", "parallel.h", "vec8.h")
 _CFLAGS = ["-O3", "-fno-math-errno", "-Wno-psabi"]
 _LDFLAGS: list[str] = []
 
+_ISAS = ("auto", "avx512", "avx2", "generic")  # RECON_SPLAT_ISA values, widest first after auto
 _lock = threading.Lock()
 _ops = None
 
@@ -72,6 +73,10 @@ def load():
     with _lock:
         if _ops is not None:
             return _ops
+        isa = os.environ.get("RECON_SPLAT_ISA")
+        if isa is not None and isa not in _ISAS:
+            raise ReconError(f"RECON_SPLAT_ISA={isa!r} is not an instruction set the tile kernels know",
+                             fix=f"set it to one of {', '.join(_ISAS)}, or unset it")
         digest = _source_hash()
         build_dir = cache_root() / digest
         name = f"recon_splat_{digest}"

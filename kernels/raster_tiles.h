@@ -74,7 +74,10 @@ inline Lanes<float>::V exp2_v(Lanes<float>::V x) {
   const V n = lanes(_mm256_round_ps(m256(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const I ni = __builtin_convertvector(n, I);
 #else
-  const I ni = __builtin_convertvector(x + 128.5f, I) - 128;  // x >= -126: truncation rounds
+  // clamped first (those lanes are dropped anyway): converting a float outside the int range, or
+  // NaN, is undefined; truncation of the positive x + 128.5 rounds to nearest
+  const V xc = x > -127.0f ? (x < 128.0f ? x : V{} + 128.0f) : V{} - 127.0f;
+  const I ni = __builtin_convertvector(xc + 128.5f, I) - 128;
   const V n = __builtin_convertvector(ni, V);
 #endif
   const V r = x - n;

@@ -329,9 +329,10 @@ void build_tile_lists(const DepthOrder& depth_order, const Tensor& records, cons
       int64_t room = 0;  // bounding-box tiles of the chunk's records
       for (int64_t record = chunks[k].begin; record < chunks[k].end; ++record) room += tpg[order[record]];
       Listings& out = listed[k];
-      out.tiles = std::make_unique_for_overwrite<int32_t[]>(room);
-      out.records = std::make_unique_for_overwrite<int32_t[]>(room);
-      out.cells = std::make_unique_for_overwrite<uint32_t[]>(room);
+      // new T[n], not make_unique: no zero fill (and C++17, which older torch builds use)
+      out.tiles.reset(new int32_t[room]);
+      out.records.reset(new int32_t[room]);
+      out.cells.reset(new uint32_t[room]);
       int32_t* hist = cursors.data() + k * tiles_per_image;
       int64_t n = 0;
       for (int64_t record = chunks[k].begin; record < chunks[k].end; ++record) {
@@ -420,7 +421,8 @@ void pack_records(const Tensor& order_t, const Tensor& means2d, const Tensor& co
       s[rec::kRadiusX] = static_cast<T>(rp[2 * i]);
       s[rec::kRadiusY] = static_cast<T>(rp[2 * i + 1]);
       for (int k = 0; k < kMaxChannels; ++k) s[rec::kColor + k] = k < D ? col[i * D + k] : T(0);
-      s[rec::kLog2Opacity] = std::log2(op[i]);
+      // capped so that 2^x stays in range in the tile loops (alpha is clamped at 0.999 anyway)
+      s[rec::kLog2Opacity] = std::min(std::log2(op[i]), T(127));
       // alpha >= 1/255 needs sigma <= L = ln(opacity * 255). Along a row at offset dy, sigma is a
       // parabola in dx = mean_x - pixel_x with minimum dy^2 det / (2a) at dx = -b dy / a, so the
       // reachable pixels satisfy (dx + b dy / a)^2 <= 2L/a - dy^2 det / a^2.
@@ -428,11 +430,11 @@ void pack_records(const Tensor& order_t, const Tensor& means2d, const Tensor& co
       // sigma in the kernels, so the culling never drops a pixel the kernels would composite.
       const T det = a * c - bb * bb;
       const T L = std::log(op[i]) - log_threshold;
-      if (!(a > 0) || !(det > 0) || !(L > 0) || !std::isfinite(a + bb + c)) {
+      if (!(a > 0) || !(det > 0) || !(L >= 0) || !std::isfinite(a + bb + c)) {
         // degenerate: no analytic bound; let every row of the listed tiles through, or none when
         // the splat cannot reach the threshold anywhere
         s[rec::kSlopeX] = 0;
-        s[rec::kSpanQ0] = L > 0 ? T(1e30) : T(-1);
+        s[rec::kSpanQ0] = L >= 0 ? T(1e30) : T(-1);
         s[rec::kSpanQ1] = 0;
         continue;
       }

@@ -600,6 +600,37 @@ def test_portable_kernels_match_simd_kernels(isa):
         assert close(g, pg, 1e-5)
 
 
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+def test_infinite_opacity_composites_as_the_clamped_alpha(isa):
+    """alpha = min(opacity exp(-sigma), 0.999): an infinite opacity gives 0.999 over the splat in every
+    build, with no NaN (2^x of log2(inf) must stay in range)."""
+    from recon.kernels import select_isa
+
+    viewmats, Ks = cameras(1, 16, 16)
+    one = [torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.full((1, 3), 0.05)]
+    active = select_isa("auto")
+    try:
+        select_isa(isa)
+        colors, alphas, _ = rasterize(*one, torch.tensor([math.inf]), torch.tensor([[1.0, 0.5, 0.0]]), viewmats, Ks,
+                                      16, 16)
+    finally:
+        assert select_isa("auto") == active
+    assert torch.isfinite(colors).all() and torch.isfinite(alphas).all()
+    assert alphas.max() == pytest.approx(0.999, abs=1e-6)
+    assert (alphas > 0.99).sum() > 4  # the whole core of the splat, not one pixel
+
+
+def test_unknown_isa_variable_is_one_line_error():
+    import subprocess
+    import sys
+
+    env = dict(__import__("os").environ, RECON_SPLAT_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "from recon.kernels import load; load()"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "RECON_SPLAT_ISA='sse9'" in proc.stderr and "auto, avx512, avx2, generic" in proc.stderr
+
+
 def test_isa_choice_is_capped_by_the_cpu():
     from recon.kernels import select_isa
 

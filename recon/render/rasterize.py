@@ -158,6 +158,7 @@ class _Project(torch.autograd.Function):
         ctx.save_for_backward(means, quats, scales, sh, sh_rest, viewmats, Ks, campos, radii)
         ctx.settings = (sh_degree, width, height, eps2d)
         ctx.mark_non_differentiable(radii)
+        ctx.set_materialize_grads(False)  # outputs without a gradient arrive as None (depths usually)
         return radii, means2d, depths, conics, colors
 
     @staticmethod
