@@ -150,7 +150,7 @@ def worker(impl: str, config: str, runs: int) -> dict:
             return baseline_render(*params, viewmats, Ks, width, height)
 
     # fixed output gradients shaped like an L1 loss's (+-1/numel) plus 0.1 x mean alpha's, so that
-    # "backward" is the renderer's own (a loss's forward and backward are ~0.4 ms at 128x128)
+    # "backward" is the renderer's own (an L1 loss's forward and backward took 0.4-0.8 ms at 128x128)
     g = torch.Generator().manual_seed(1)
     grad_colors = (torch.randint(0, 2, target.shape, generator=g) * 2 - 1).float() / target.numel()
     grad_alphas = torch.full((1, height, width, 1), 0.1 / (height * width))
