@@ -308,9 +308,12 @@ void build_tile_lists(const DepthOrder& depth_order, const Tensor& records, cons
     int64_t image, begin, end;
   };
   std::vector<Chunk> chunks;
+  // about 4 chunks per thread in all: images run in parallel too, and the counters below take
+  // chunks x tiles ints, so many images get fewer chunks each
+  const int64_t per_image = std::max<int64_t>(1, (4 * parallel_slots() + n_images - 1) / n_images);
   for (int64_t c = 0; c < n_images; ++c) {
     const int64_t first = depth_order.vis_start[c], n_sorted = depth_order.vis_start[c + 1] - first;
-    const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * parallel_slots(), n_sorted / 2048));
+    const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(per_image, n_sorted / 2048));
     const int64_t chunk_len = (n_sorted + n_chunks - 1) / n_chunks;
     for (int64_t k = 0; k < n_chunks; ++k)
       chunks.push_back({c, first + std::min(n_sorted, k * chunk_len), first + std::min(n_sorted, (k + 1) * chunk_len)});
