@@ -4,8 +4,9 @@
 // SPLAT_ISA to a distinct namespace; the ISA is picked at run time. Everything here has internal
 // linkage and calls no library templates, so no AVX code can leak into the portable build.
 //
-// Work layout: a tile is 16 rows of 16 pixels; each splat is applied to the rows and 8-pixel
-// half-rows its radius reaches. A half-row is one 8-lane vector (GCC vector extensions: the
+// Work layout: a tile is 16 rows of 16 pixels; each splat is applied to the 8-pixel half-rows
+// ("cells") where it can reach alpha >= 1/255, found once per tile list entry at binning
+// (rect_cells) and read from TileData::tile_cells. A half-row is one 8-lane vector (GCC vector extensions: the
 // compiler maps it to one AVX register, or two SSE registers in the portable build), so the
 // lane code is branch-free and vectorised whatever the floating-point flags.
 
