@@ -262,11 +262,13 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
         viewmats, Ks, campos, degree, width, height, float(eps2d), float(near_plane), float(far_plane),
         float(radius_clip))
 
+    # one camera, unpacked: the kernels read entries flat, so (N, D) colours and (N,) opacities go
+    # in as they are (no camera dim, whose backward would be a graph node more)
+    flat = c == 1 and not packed
     if sh_degree is not None:
         point_colors = sh_colors  # (C, N, 3)
     elif colors.dim() == 2:
-        # one camera, unpacked: the kernels read entries flat, so (N, D) colours go in as they are
-        point_colors = colors.to(dtype) if c == 1 and not packed else _per_camera(colors.to(dtype), c)
+        point_colors = colors.to(dtype) if flat else _per_camera(colors.to(dtype), c)
     else:
         point_colors = colors.to(dtype)
     if render_mode in ("RGB+D", "RGB+ED"):
@@ -280,7 +282,6 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
     if backgrounds is not None:
         backgrounds = backgrounds.to(dtype)
     point_opacities = _per_camera(opacities, c)  # meta's (C, N)
-    kernel_opacities = opacities if c == 1 and not packed else point_opacities
 
     meta: dict[str, Any] = {"batch_ids": None, "camera_ids": None, "gaussian_ids": None}
     if packed:
@@ -288,12 +289,12 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width,
         camera_ids, gaussian_ids = torch.nonzero(visible, as_tuple=True)
         radii, means2d, depths, conics = radii[visible], means2d[visible], depths[visible], conics[visible]
         point_colors, point_opacities = point_colors[visible], point_opacities[visible]
-        kernel_opacities = point_opacities
         image_ids = camera_ids.to(torch.int32)
         meta.update(camera_ids=camera_ids, gaussian_ids=gaussian_ids)
     else:
         image_ids = _NO_IDS  # the kernel reads (C, N) entries as image i // N
     meta.update(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=point_opacities)
+    kernel_opacities = opacities if flat else point_opacities
 
     sort_depths = depths.detach().contiguous()
     if point_colors.shape[-1] <= _MAX_KERNEL_CHANNELS:  # one pass; split()'s backward would cost a cat
